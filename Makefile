@@ -1,0 +1,39 @@
+# Two commands from a fresh machine with only Python 3: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU build of torch, installed before anything else so that no dependency drags in a
+# multi-GB CUDA build. On a GPU machine: make install TORCH="torch==2.13.0 --index-url <cuda index>"
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.bigft-installed
+
+.PHONY: install demo test test-fast lint format clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/bigft-train
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check bigft tests
+	$(BIN)/ruff format --check bigft tests
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix bigft tests
+	$(BIN)/ruff format bigft tests
+
+clean:
+	rm -rf $(VENV) outputs .cache .pytest_cache

@@ -1,0 +1,256 @@
+"""Typed schemas for every config group, registered with Hydra's ConfigStore.
+
+A misspelled key or a wrong type in `conf/` or on the command line fails when Hydra composes the
+config, before anything is loaded. Enum fields make OmegaConf list the allowed values in its error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class _Choice(str, Enum):
+    """A string enum that prints as its value (so `${method.name}` interpolates to "lora")."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class MethodName(_Choice):
+    full = "full"
+    freeze = "freeze"
+    lora = "lora"
+    qlora = "qlora"
+    prefix = "prefix"
+
+
+class TaskName(_Choice):
+    lm = "lm"
+    sft = "sft"
+    classify = "classify"
+    reward = "reward"
+
+
+class DType(_Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class MixedPrecision(_Choice):
+    none = "none"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Overlong(_Choice):
+    truncate = "truncate"
+    drop = "drop"
+
+
+class OptimizerName(_Choice):
+    adamw = "adamw"
+    adamw_8bit = "adamw_8bit"
+    paged_adamw = "paged_adamw"
+    paged_adamw_8bit = "paged_adamw_8bit"
+    sgd = "sgd"
+
+
+class SchedulerName(_Choice):
+    constant = "constant"
+    linear = "linear"
+    cosine = "cosine"
+
+
+class DistributedName(_Choice):
+    single = "single"
+
+
+class LauncherName(_Choice):
+    local = "local"
+
+
+class LoggerName(_Choice):
+    wandb = "wandb"
+    none = "none"
+
+
+@dataclass
+class ModelConfig:
+    # Short label used in the run name; `path` is what is loaded.
+    name: str = MISSING
+    # A local directory or a hub id ("meta-llama/Llama-3.1-8B").
+    path: str = MISSING
+    tokenizer: str | None = None  # defaults to `path`
+    revision: str | None = None
+    dtype: DType = DType.fp32
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    # Build the model at `path` when it is missing: "demo_base" pre-trains bigft's toy Llama.
+    build_if_missing: str | None = None
+
+
+@dataclass
+class MethodConfig:
+    name: MethodName = MISSING
+    # freeze: train the output head plus the last N transformer blocks.
+    train_last_n_blocks: int = 0
+    # lora / qlora
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    use_dora: bool = False
+    use_rslora: bool = False
+    # qlora: the frozen base in 4-bit NF4 (or 8-bit) through bitsandbytes.
+    bits: int = 4
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: DType = DType.bf16
+    quant_storage: DType | None = None
+    # prefix
+    num_virtual_tokens: int = 16
+    prefix_projection: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: TaskName = MISSING
+    max_length: int = 512
+    overlong: Overlong = Overlong.truncate
+    # lm: append the tokenizer's EOS token after each text.
+    add_eos: bool = True
+    # sft: the tokenizer's chat template is used when it has one, unless this is false.
+    use_chat_template: bool = True
+    # sft without a chat template: Python format strings over the record's fields.
+    prompt_template: str = "### Instruction:\n{instruction}\n\n### Response:\n"
+    prompt_template_with_input: str = (
+        "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+    )
+    # sft eval: greedy generation on eval prompts, scored by exact match against the response.
+    eval_generate: bool = False
+    max_new_tokens: int = 32
+    # classify: the label set, in order (index = class id).
+    labels: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    # A local file (.jsonl, .json, .csv, .parquet), a directory, or a `datasets` name.
+    train: str = MISSING
+    # Held-out data; when absent, `eval_fraction` of train is split off (seeded).
+    eval: str | None = None
+    eval_fraction: float = 0.0
+    # For `datasets` names: the configuration and split.
+    subset: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    # Rename the user's fields to the ones the task reads: {task_field: user_field}.
+    fields: dict[str, str] = field(default_factory=dict)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    # Tokenized examples are cached here, keyed by data, tokenizer and task settings.
+    cache: bool = True
+
+
+@dataclass
+class OptimConfig:
+    name: OptimizerName = OptimizerName.adamw
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    scheduler: SchedulerName = SchedulerName.cosine
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    seed: int = 42
+    micro_batch_size: int = 4
+    grad_accum: int = 1
+    max_steps: int = 100  # optimizer steps; -1 means `epochs` epochs
+    epochs: int = 1
+    mixed_precision: MixedPrecision = MixedPrecision.none
+    eval_every: int = 0  # 0: only at the end
+    # Evaluate the untouched base model first; the final summary then shows base vs tuned.
+    eval_at_start: bool = False
+    eval_batch_size: int = 8
+    save_every: int = 0  # 0: only at the end
+    keep_last: int = 2
+    # "auto": continue from the latest checkpoint in the run directory if there is one;
+    # "never": start fresh (refused if the run directory already holds checkpoints);
+    # or the path of a checkpoint directory.
+    resume: str = "auto"
+    max_bad_steps: int = 5  # stop after this many non-finite steps in a row
+    log_every: int = 1
+    progress_bar: bool = True
+    save_model: bool = True  # write the adapter or the HF model at the end
+
+
+@dataclass
+class DistributedConfig:
+    name: DistributedName = DistributedName.single
+    timeout_minutes: int = 30
+
+
+@dataclass
+class LauncherConfig:
+    name: LauncherName = LauncherName.local
+    nproc_per_node: int = 1
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.none
+    project: str = "bigft"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # None: "offline" unless WANDB_API_KEY is set; otherwise any wandb mode.
+    mode: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    # The run name: the run directory is `{output_root}/{name}`, so a rerun finds its checkpoints.
+    name: str = MISSING
+    output_root: str = "outputs"
+    output_dir: str = "${output_root}/${name}"
+    cache_dir: str = "${oc.env:BIGFT_CACHE,.cache/bigft}"
+    model: ModelConfig = MISSING
+    method: MethodConfig = MISSING
+    task: TaskConfig = MISSING
+    data: DataConfig = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+GROUP_SCHEMAS: dict[str, Any] = {
+    "model": ModelConfig,
+    "method": MethodConfig,
+    "task": TaskConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "distributed": DistributedConfig,
+    "launcher": LauncherConfig,
+    "logger": LoggerConfig,
+}
+
+
+def register_configs() -> None:
+    """Register the top-level schema; group files merge into its typed fields."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,85 @@
+"""Checks that need more than types: value ranges and combinations, before anything is loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+from bigft.config.schema import TrainConfig
+from bigft.errors import ConfigError
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {expected}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the key, the value and what is allowed."""
+    _check_schema(cfg)
+    t, o, m = cfg.trainer, cfg.optim, cfg.method
+    _require(t.micro_batch_size >= 1, "trainer.micro_batch_size", t.micro_batch_size, ">= 1")
+    _require(t.grad_accum >= 1, "trainer.grad_accum", t.grad_accum, ">= 1")
+    _require(t.max_steps > 0 or t.max_steps == -1, "trainer.max_steps", t.max_steps, "> 0, or -1")
+    _require(t.epochs >= 1, "trainer.epochs", t.epochs, ">= 1")
+    _require(t.keep_last >= 1, "trainer.keep_last", t.keep_last, ">= 1")
+    _require(t.max_bad_steps >= 1, "trainer.max_bad_steps", t.max_bad_steps, ">= 1")
+    _require(t.log_every >= 1, "trainer.log_every", t.log_every, ">= 1")
+    _require(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, ">= 1")
+    _validate_resume(t.resume)
+    _require(o.lr > 0, "optim.lr", o.lr, "> 0")
+    _require(len(o.betas) == 2, "optim.betas", list(o.betas), "two numbers, e.g. [0.9, 0.999]")
+    _require(0 <= o.warmup_ratio < 1, "optim.warmup_ratio", o.warmup_ratio, "in [0, 1)")
+    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", o.min_lr_ratio, "in [0, 1]")
+    _require(
+        0 <= cfg.data.eval_fraction < 1, "data.eval_fraction", cfg.data.eval_fraction, "[0, 1)"
+    )
+    _require(cfg.task.max_length >= 2, "task.max_length", cfg.task.max_length, ">= 2")
+    _require(m.r >= 1, "method.r", m.r, ">= 1")
+    _require(m.bits in (4, 8), "method.bits", m.bits, "4 or 8")
+    _require(m.quant_type in ("nf4", "fp4"), "method.quant_type", m.quant_type, "nf4 or fp4")
+    _require(m.num_virtual_tokens >= 1, "method.num_virtual_tokens", m.num_virtual_tokens, ">= 1")
+    _require(
+        m.train_last_n_blocks >= 0, "method.train_last_n_blocks", m.train_last_n_blocks, ">= 0"
+    )
+    _require(
+        cfg.launcher.nproc_per_node == 1,
+        "launcher.nproc_per_node",
+        cfg.launcher.nproc_per_node,
+        "1 with distributed=single (multi-process modes arrive with distributed=ddp/zero*)",
+    )
+    _validate_combination(cfg)
+
+
+def _check_schema(cfg: DictConfig) -> None:
+    # Hydra's `+key=value` adds keys past the schema; merging back into it catches those typos.
+    try:
+        OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
+    except (ConfigKeyError, ConfigAttributeError) as err:
+        raise ConfigError(f"unknown config key {err.full_key!r} (check its spelling)") from err
+
+
+def _validate_resume(resume: str) -> None:
+    if resume in ("auto", "never"):
+        return
+    if not Path(resume).is_dir():
+        raise ConfigError(
+            f"trainer.resume={resume!r}: expected 'auto', 'never' or an existing checkpoint "
+            "directory"
+        )
+
+
+def _validate_combination(cfg: DictConfig) -> None:
+    from bigft.methods import unsupported_reason
+
+    head = "sequence_classification" if cfg.task.name in ("classify", "reward") else "causal_lm"
+    reason = unsupported_reason(cfg.method, head, cfg.model)
+    if reason:
+        raise ConfigError(f"method={cfg.method.name} with task={cfg.task.name}: {reason}")
+    if cfg.optim.name != "adamw" and cfg.optim.name != "sgd":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(f"optim.name={cfg.optim.name} needs bitsandbytes: {err}") from err

@@ -1,0 +1,1 @@
+"""The training engine: optimizer and schedule, batch plan, checkpoints, and the loop."""

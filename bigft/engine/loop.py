@@ -1,0 +1,238 @@
+"""The one loop every method and task shares: accumulate, clip, step, eval, checkpoint, log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from bigft.config.schema import TrainerConfig
+from bigft.distributed import DistEnv
+from bigft.engine.batches import BatchPlan
+from bigft.engine.checkpoint import save_checkpoint
+from bigft.errors import TrainingError
+from bigft.tasks.base import Task
+from bigft.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+# Batch entries that describe the batch rather than feed the model.
+BOOKKEEPING_KEYS = ("num_units", "num_tokens")
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a checkpoint must carry to resume exactly."""
+
+    step: int = 0
+    skipped_steps: int = 0
+    bad_steps_in_row: int = 0
+    tokens_seen: int = 0
+    wandb_id: str | None = None
+    base_eval: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopState:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Loop:
+    """The pieces the loop drives, built by `bigft.train` in data-flow order."""
+
+    model: torch.nn.Module
+    task: Task
+    train_examples: list[dict]
+    eval_examples: list[dict]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    plan: BatchPlan
+    total_steps: int
+    trainer: TrainerConfig
+    max_grad_norm: float | None
+    mixed_precision: str
+    env: DistEnv
+    run_dir: Path
+    tracker: Tracker
+    state: LoopState = field(default_factory=LoopState)
+
+    # ---- pieces ---------------------------------------------------------------------------
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.mixed_precision == "none":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        return torch.autocast(self.env.device.type, dtype=dtype)
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v.to(self.env.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+        }
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def step_batches(self, step: int) -> list[dict[str, Any]]:
+        micro = self.plan.micro_batches(step, self.env.rank)
+        return [self.task.collate([self.train_examples[i] for i in ids]) for ids in micro]
+
+    # ---- one optimizer step ---------------------------------------------------------------
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """Forward/backward over the accumulation window, then clip and step (or skip)."""
+        self.model.train()
+        started = time.perf_counter()
+        batches = self.step_batches(step)
+        # Divide every micro-batch's summed loss by the units of the whole window, so that the
+        # accumulated gradient is the gradient of the mean over the global batch: micro-batch 1 ×
+        # accumulation 4 gives the same update as micro-batch 4 × accumulation 1.
+        units = sum(int(b["num_units"]) for b in batches)
+        tokens = sum(int(b["num_tokens"]) for b in batches)
+        loss = torch.zeros((), device=self.env.device)
+        stats: dict[str, float] = {}
+        for batch in batches:
+            with self.autocast():
+                out = self.task.loss(self.model, self.to_device(batch))
+            scaled = out.loss_sum / max(units, 1)
+            scaled.backward()
+            loss += scaled.detach().float()
+            for key, value in out.stats.items():
+                stats[key] = stats.get(key, 0.0) + float(value)
+        grad_norm = self.clip_gradients()
+        finite = bool(torch.isfinite(loss)) and math.isfinite(grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.record_step_health(finite, step)
+        elapsed = time.perf_counter() - started
+        self.state.tokens_seen += tokens
+        metrics = {
+            "train/loss": float(loss),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/grad_norm": grad_norm,
+            "train/tokens_per_sec": tokens / max(elapsed, 1e-9),
+            "train/tokens_seen": float(self.state.tokens_seen),
+        }
+        metrics.update({f"train/{k}": v for k, v in self.task.summarize(stats).items()})
+        return metrics
+
+    def clip_gradients(self) -> float:
+        # With no clipping configured the norm is still computed: it is logged, and a non-finite
+        # norm is how an overflow is caught before it reaches the weights.
+        max_norm = self.max_grad_norm if self.max_grad_norm else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm)
+        return float(norm)
+
+    def record_step_health(self, finite: bool, step: int) -> None:
+        if finite:
+            self.state.bad_steps_in_row = 0
+            return
+        self.state.skipped_steps += 1
+        self.state.bad_steps_in_row += 1
+        log.warning(
+            "step %d: non-finite loss or gradient norm; update skipped (%d in a row, %d in all)",
+            step + 1,
+            self.state.bad_steps_in_row,
+            self.state.skipped_steps,
+        )
+        if self.state.bad_steps_in_row >= self.trainer.max_bad_steps:
+            raise TrainingError(
+                f"{self.state.bad_steps_in_row} steps in a row had a non-finite loss or gradient "
+                f"norm (last at step {step + 1}); stopping. The last good checkpoint is kept. "
+                "Try a lower optim.lr, optim.max_grad_norm, or trainer.mixed_precision=bf16 "
+                "instead of fp16"
+            )
+
+    # ---- evaluation and checkpoints -------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        if not self.eval_examples:
+            return {}
+        self.model.eval()
+        stats: dict[str, float] = {}
+        size = self.trainer.eval_batch_size
+        for start in range(0, len(self.eval_examples), size):
+            batch = self.task.collate(self.eval_examples[start : start + size])
+            with self.autocast():
+                batch_stats = self.task.eval_stats(self.model, self.to_device(batch))
+            for key, value in batch_stats.items():
+                stats[key] = stats.get(key, 0.0) + float(value)
+        self.model.train()
+        return {f"eval/{k}": v for k, v in self.task.summarize(stats).items()}
+
+    def weights_are_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.trainable_parameters())
+
+    def checkpoint(self) -> None:
+        # Never replace a good checkpoint with weights that have already gone non-finite.
+        if not self.weights_are_finite():
+            log.warning("step %d: weights are not finite; checkpoint not written", self.state.step)
+            return
+        if self.env.is_main:
+            path = save_checkpoint(
+                self.run_dir,
+                step=self.state.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=self.state.to_dict(),
+                keep_last=self.trainer.keep_last,
+            )
+            log.info("checkpoint: %s", path)
+
+    def due(self, every: int) -> bool:
+        return every > 0 and self.state.step % every == 0 and self.state.step < self.total_steps
+
+    # ---- the loop -------------------------------------------------------------------------
+
+    def run(self, crash_after_step: int | None = None) -> dict[str, float]:
+        """Train from `state.step` to `total_steps`; returns the final eval (or train) metrics.
+
+        `crash_after_step` raises after that step (a fault-injection hook for resume tests).
+        """
+        if self.trainer.eval_at_start and self.state.base_eval is None:
+            self.state.base_eval = self.evaluate()
+            self.tracker.log(self.state.base_eval, step=0)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.state.step,
+            desc="train",
+            disable=not (self.trainer.progress_bar and self.env.is_main),
+            dynamic_ncols=True,
+        )
+        last: dict[str, float] = {}
+        while self.state.step < self.total_steps:
+            last = self.train_step(self.state.step)
+            self.state.step += 1
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{last['train/loss']:.4f}",
+                lr=f"{last['train/lr']:.2e}",
+                tok_s=f"{last['train/tokens_per_sec']:.0f}",
+            )
+            if self.state.step % self.trainer.log_every == 0:
+                self.tracker.log(last, step=self.state.step)
+            if self.due(self.trainer.eval_every):
+                self.tracker.log(self.evaluate(), step=self.state.step)
+            if self.due(self.trainer.save_every):
+                self.checkpoint()
+            if crash_after_step is not None and self.state.step == crash_after_step:
+                raise RuntimeError(f"simulated crash after step {self.state.step}")
+        bar.close()
+        final = self.evaluate()
+        if final:
+            self.tracker.log(final, step=self.state.step)
+        self.checkpoint()
+        return {**last, **final}

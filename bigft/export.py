@@ -1,0 +1,114 @@
+"""`bigft-export run=outputs/<run>`: merge a run's LoRA/QLoRA adapter into a standalone HF model.
+
+Reads `<run>/model` (written by training) and writes `<run>/merged` (or `output=...`): config,
+safetensors weights and tokenizer, loadable with `AutoModelForCausalLM.from_pretrained` alone.
+
+QLoRA adapters were trained against the 4-bit weights, so they are merged into the dequantized
+4-bit base (see bigft.outputs._dequantized_base): the merged model reproduces the adapter on the
+quantized base, not the adapter on the original full-precision base.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bigft.config import CONF_DIR
+from bigft.config.schema import DType
+from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError
+from bigft.outputs import (
+    MERGED_SUBDIR,
+    MODEL_SUBDIR,
+    OUTPUT_FILE,
+    load_output,
+    read_metadata,
+    write_output_dir,
+)
+
+log = logging.getLogger("bigft")
+
+
+@dataclass
+class ExportConfig:
+    run: str = MISSING  # a run directory holding model/ (or such a model/ directory itself)
+    output: str = f"${{run}}/{MERGED_SUBDIR}"
+    dtype: DType | None = None  # None: the dtype the base was trained in
+
+
+def typed_config(cfg: DictConfig) -> DictConfig:
+    """Check types against the schema (Hydra has already refused unknown keys)."""
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(f"missing required value: {', '.join(f'{k}=...' for k in missing)}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(ExportConfig), cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from err
+
+
+def output_dir_of(run_dir: Path) -> Path:
+    """`<run>/model`, or `run_dir` itself when it is an output directory."""
+    run_dir = Path(run_dir)
+    if (run_dir / MODEL_SUBDIR / OUTPUT_FILE).is_file():
+        return run_dir / MODEL_SUBDIR
+    if (run_dir / OUTPUT_FILE).is_file():
+        return run_dir
+    if not run_dir.is_dir():
+        raise ConfigError(f"run={str(run_dir)!r} does not exist")
+    raise ConfigError(
+        f"run={str(run_dir)!r} has no {MODEL_SUBDIR}/{OUTPUT_FILE}: the run has not finished, "
+        "or was started with trainer.save_model=false"
+    )
+
+
+def export_merged(run_dir: Path | str, output_dir: Path | str, dtype: str | None = None) -> Path:
+    """Merge the adapter in `<run_dir>/model` into its base; write a HF model to `output_dir`."""
+    source = output_dir_of(Path(run_dir))
+    meta = read_metadata(source)
+    if meta["kind"] != "adapter":
+        raise ConfigError(
+            f"{source} holds a full model (method={meta['method']}): there is nothing to merge; "
+            "load it directly with from_pretrained"
+        )
+    model, tokenizer = load_output(source, merged=True, dtype=dtype)
+    merged_meta = {
+        **meta,
+        "kind": "model",
+        "merged_from": str(source.resolve()),
+        "dtype": str(dtype) if dtype else meta["dtype"],
+        "quantization": None,
+    }
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    out = write_output_dir(Path(output_dir), write, merged_meta)
+    log.info("merged %s adapter from %s into %s", meta["method"], source, out)
+    return out
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        cfg = typed_config(cfg)
+        out = export_merged(cfg.run, cfg.output, cfg.dtype)
+    except BigftError as err:
+        # @hydra.main would print a traceback for any exception that leaves this function.
+        print(f"bigft: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT)
+    print(f"merged model written to {out}", flush=True)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

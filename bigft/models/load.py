@@ -1,0 +1,209 @@
+"""Tokenizer and model loading from a local directory or a hub id, with optional 4-/8-bit bases.
+
+Everything the user can get wrong here (a missing directory, a hub id that cannot be fetched) is
+turned into a ConfigError that says what to change, before any weights are read.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedTokenizerBase,
+)
+
+from bigft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+HEADS = ("causal_lm", "sequence_classification")
+
+
+def torch_dtype(name: object) -> torch.dtype:
+    """ "bf16" (or the DType enum) → torch.bfloat16."""
+    key = str(name)
+    if key not in TORCH_DTYPES:
+        raise ConfigError(f"dtype={key!r} is not allowed: expected one of {sorted(TORCH_DTYPES)}")
+    return TORCH_DTYPES[key]
+
+
+def looks_local(path: str) -> bool:
+    """True when `path` is meant as a directory on disk rather than a hub id.
+
+    "org/name" is a hub id unless a directory "org" exists here; absolute, ~, ./ and ../ paths
+    are always local.
+    """
+    if path.startswith(("/", "~", "./", "../")) or path in (".", ".."):
+        return True
+    parent = Path(path).parent
+    return str(parent) != "." and parent.is_dir()
+
+
+def _hub_error(source: str, what: str, err: Exception) -> ConfigError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    why = "HF_HUB_OFFLINE is set" if offline else f"{type(err).__name__}: {err}".splitlines()[0]
+    return ConfigError(
+        f"cannot load {what} {source!r} from the Hugging Face hub ({why}). If the model is on "
+        f"disk, point at its directory with model.path=/path/to/model (a directory that contains "
+        f"config.json); otherwise check the id, your network and, for gated models, HF_TOKEN"
+    )
+
+
+def resolve_source(source: str, *, what: str = "model") -> str:
+    """Check that `source` is a usable local model directory, or leave it as a hub id.
+
+    Returns the path to pass to from_pretrained (with ~ expanded for local directories).
+    """
+    if not looks_local(source):
+        return source
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{what} path {source!r} does not exist (resolved to {path.absolute()})")
+    if not path.is_dir():
+        raise ConfigError(f"{what} path {source!r} is not a directory")
+    # A tokenizer-only directory has no config.json; a model directory must have one.
+    if what != "tokenizer" and not (path / "config.json").is_file():
+        raise ConfigError(
+            f"{what} path {source!r} is not a Hugging Face model directory: it must be a "
+            f"directory that contains config.json"
+        )
+    return str(path)
+
+
+def _hub_call(source: str, what: str, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    """Run a from_pretrained call; a hub id that cannot be fetched becomes a ConfigError."""
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, EntryNotFoundError, HFValidationError) as err:
+        if looks_local(source):  # e.g. a directory with config.json but no weights
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"cannot load {what} from {source!r}: {first}") from err
+        raise _hub_error(source, what, err) from err
+
+
+def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
+    """The tokenizer at `model.tokenizer` (or `model.path`), padded on the right.
+
+    A tokenizer without a pad token gets its EOS token as pad: the collators mask padding out of
+    the loss with the attention mask / labels, so the id only has to be a valid embedding.
+    """
+    source = resolve_source(model_cfg.tokenizer or model_cfg.path, what="tokenizer")
+    tokenizer = _hub_call(
+        source,
+        "tokenizer",
+        AutoTokenizer.from_pretrained,
+        source,
+        revision=model_cfg.revision,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+    )
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ConfigError(f"tokenizer {source!r} has neither a pad token nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+        log.info("tokenizer has no pad token: using its EOS token %r as pad", tokenizer.eos_token)
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def quantization_config(method_cfg: Any) -> Any | None:
+    """The BitsAndBytesConfig for method=qlora, None for every other method."""
+    if str(method_cfg.name) != "qlora":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if method_cfg.bits == 8:
+        # LLM.int8 has no compute-dtype knob; it runs on CPU too (bitsandbytes >= 0.46).
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch_dtype(method_cfg.compute_dtype)
+    # Storage in a float dtype lets ZeRO-3 shard the packed weights like any other parameter.
+    storage = torch_dtype(method_cfg.quant_storage) if method_cfg.quant_storage else torch.uint8
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=method_cfg.quant_type,
+        bnb_4bit_use_double_quant=bool(method_cfg.double_quant),
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_quant_storage=storage,
+    )
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in backward (non-reentrant), for any method.
+
+    With a frozen embedding (LoRA, QLoRA, freeze) the checkpointed blocks' inputs do not require
+    grad; the reentrant variant would then drop every gradient inside them, and some wrappers
+    still use it, so the embedding output is marked as requiring grad as well.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.enable_input_require_grads()
+
+
+def _auto_class(head: str) -> Any:
+    if head == "causal_lm":
+        return AutoModelForCausalLM
+    if head == "sequence_classification":
+        return AutoModelForSequenceClassification
+    raise ConfigError(f"unknown model head {head!r}: expected one of {HEADS}")
+
+
+def load_model(
+    model_cfg: Any,
+    method_cfg: Any,
+    head: str,
+    num_labels: int | None,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    device: str | torch.device | None = None,
+) -> torch.nn.Module:
+    """The base model for `head`, in `model.dtype`, quantized for method=qlora.
+
+    `device` places the weights at load time (needed to quantize straight onto a GPU); None
+    loads on the CPU and leaves placement to the caller.
+    """
+    source = resolve_source(model_cfg.path)
+    dtype = torch_dtype(model_cfg.dtype)
+    kwargs: dict[str, Any] = {
+        "revision": model_cfg.revision,
+        "trust_remote_code": bool(model_cfg.trust_remote_code),
+        "dtype": dtype,
+        "attn_implementation": model_cfg.attn_implementation,
+    }
+    # Fetch the config first: a bad hub id fails here, in a second, not after a download starts.
+    config = _hub_call(
+        source,
+        "model",
+        AutoConfig.from_pretrained,
+        source,
+        revision=model_cfg.revision,
+        trust_remote_code=kwargs["trust_remote_code"],
+    )
+    if head == "sequence_classification":
+        config.num_labels = num_labels or 1
+        # The classifier pools the last non-pad token; it finds it through pad_token_id.
+        config.pad_token_id = tokenizer.pad_token_id
+    quant = quantization_config(method_cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if device is not None:
+        kwargs["device_map"] = {"": device}
+    model = _hub_call(
+        source, "model", _auto_class(head).from_pretrained, source, config=config, **kwargs
+    )
+    if model_cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    return model

@@ -1,0 +1,84 @@
+"""Causal language modelling on raw text: every token is a target."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bigft.data.collate import IGNORE_INDEX, collate_causal
+from bigft.data.readers import Record
+from bigft.data.templates import eos_id, special_prefix, text_field
+from bigft.tasks.base import (
+    LossOutput,
+    ModelHead,
+    cut,
+    forward_logits,
+    loss_stats,
+    pad_token_id,
+)
+
+# exp() of a mean loss above this overflows float64; such a perplexity is meaningless anyway.
+MAX_LOG_PERPLEXITY = 700.0
+
+
+class LMTask:
+    name = "lm"
+    model_head: ModelHead = "causal_lm"
+    num_labels: int | None = None
+
+    def __init__(self, cfg: Any, tokenizer: Any) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.max_length: int = cfg.max_length
+        self.pad_id = pad_token_id(tokenizer)
+        self.prefix = special_prefix(tokenizer)
+        self.suffix = [eos_id(tokenizer, "task.add_eos")] if cfg.add_eos else []
+
+    def encode(self, record: Record) -> list[dict]:
+        text = text_field(record, "text")
+        ids = self.prefix + self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += self.suffix
+        if len(ids) <= self.max_length:
+            return [{"input_ids": ids}]
+        if self.cfg.overlong == "drop":
+            return []
+        # A cut text did not end there, so it gets no EOS.
+        return [{"input_ids": cut(ids, self.max_length), "truncated": True}]
+
+    def collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        return collate_causal(examples, self.pad_id)
+
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> LossOutput:
+        loss_sum = causal_loss_sum(model, batch)
+        return LossOutput(loss_sum, loss_stats(loss_sum, batch))
+
+    def eval_stats(
+        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        with torch.no_grad():
+            return loss_stats(causal_loss_sum(model, batch), batch)
+
+    def summarize(self, stats: dict[str, float]) -> dict[str, float]:
+        return loss_metrics(stats)
+
+
+def causal_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Cross-entropy summed over the batch's target tokens (position t predicts token t+1)."""
+    labels = batch["labels"]
+    # Prompt tuning prepends virtual tokens to the logits; the real tokens are the last ones.
+    logits = forward_logits(model, batch)[:, -labels.shape[1] :]
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        labels[:, 1:].reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
+    )
+
+
+def loss_metrics(stats: dict[str, float]) -> dict[str, float]:
+    """Mean loss per unit and the perplexity it implies."""
+    loss = stats["loss_sum"] / max(stats["units"], 1.0)
+    return {"loss": loss, "perplexity": math.exp(min(loss, MAX_LOG_PERPLEXITY))}

@@ -1,0 +1,89 @@
+"""Where metrics go: always a plain metrics.jsonl in the run directory, and W&B when enabled.
+
+Only the main rank tracks; the other ranks get a tracker that drops everything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigft.config.schema import LoggerConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class Tracker:
+    def __init__(self, run_dir: Path | None, wandb_run: Any = None) -> None:
+        self._file = (run_dir / METRICS_FILE).open("a") if run_dir else None
+        self._wandb = wandb_run
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self._wandb.id if self._wandb is not None else None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self._file:
+            self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(metrics, step=step)
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        if self._wandb is not None:
+            self._wandb.summary.update(metrics)
+
+    def finish(self) -> None:
+        if self._file:
+            self._file.close()
+            self._file = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def new_run_id() -> str:
+    # Not from `random`: that is seeded, and two runs with one seed must not share a W&B run.
+    return secrets.token_hex(4)
+
+
+def wandb_mode(cfg: LoggerConfig) -> str:
+    """Offline unless the user has an API key or chose a mode (a laptop or a cluster node with
+    no network still gets a complete run to `wandb sync` later)."""
+    if cfg.mode:
+        return cfg.mode
+    return os.environ.get("WANDB_MODE") or (
+        "online" if os.environ.get("WANDB_API_KEY") else "offline"
+    )
+
+
+def start_tracking(
+    cfg: DictConfig, run_dir: Path, *, is_main: bool, wandb_id: str | None
+) -> Tracker:
+    """Open the metrics file and, for logger=wandb, start or continue the W&B run `wandb_id`."""
+    if not is_main:
+        return Tracker(None)
+    if cfg.logger.name != "wandb":
+        return Tracker(run_dir)
+    import wandb
+
+    run = wandb.init(
+        project=cfg.logger.project,
+        entity=cfg.logger.entity,
+        group=cfg.logger.group,
+        name=cfg.name,
+        tags=list(cfg.logger.tags),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        dir=str(run_dir),
+        mode=wandb_mode(cfg.logger),
+        # The id comes from the last checkpoint on resume, so a resumed run continues the same
+        # W&B run instead of forking a new one.
+        id=wandb_id or new_run_id(),
+        resume="allow",
+    )
+    return Tracker(run_dir, run)

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny tokenizer and tiny Llama built locally (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Instruction: reverse the word cat. Response: tac.",
+    "A reward model scores responses; the better one gets the higher score.",
+    "Positive reviews say great, loved it. Negative reviews say awful, hated it.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 11 12.",
+    "### Instruction:\n### Input:\n### Response:\n",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from bigft.models.toy import build_tokenizer
+
+    return build_tokenizer(CORPUS, vocab_size=300)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
+    """A 2-layer, 64-wide Llama with its tokenizer in a local HF directory."""
+    from bigft.models.toy import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer)

@@ -1,0 +1,106 @@
+"""Helpers to run `bigft.train.train` end to end on the tiny local Llama and generated data."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "echo",
+    "fox",
+    "quick",
+    "brown",
+    "lazy",
+    "dog",
+    "cat",
+    "reward",
+    "model",
+    "great",
+    "awful",
+]
+
+
+def _sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_task_data(root: Path, task: str, n: int = 24, seed: int = 0) -> Path:
+    """A small data set in the task's native format, with varied lengths."""
+    rng = random.Random(seed)
+    rows: list[dict]
+    if task == "lm":
+        rows = [{"text": _sentence(rng, rng.randint(3, 20))} for _ in range(n)]
+    elif task == "sft":
+        rows = [
+            {
+                "instruction": _sentence(rng, rng.randint(2, 8)),
+                "output": _sentence(rng, rng.randint(1, 6)),
+            }
+            for _ in range(n)
+        ]
+    elif task == "classify":
+        rows = [
+            {"text": _sentence(rng, rng.randint(2, 10)), "label": rng.choice(["neg", "pos"])}
+            for _ in range(n)
+        ]
+    elif task == "reward":
+        rows = [
+            {
+                "prompt": _sentence(rng, 4),
+                "responses": [_sentence(rng, rng.randint(1, 5)) for _ in range(3)],
+            }
+            for _ in range(n)
+        ]
+    else:
+        raise ValueError(task)
+    return write_jsonl(root / f"{task}-{seed}.jsonl", rows)
+
+
+def train_overrides(
+    tmp_path: Path, model_dir: Path, task: str, method: str = "full", **extra
+) -> list[str]:
+    data = make_task_data(tmp_path, task)
+    evaluation = make_task_data(tmp_path, task, n=8, seed=1)
+    overrides = [
+        "model=local",
+        f"model.path={model_dir}",
+        "model.dtype=fp32",
+        f"method={method}",
+        f"task={task}",
+        "task.max_length=64",
+        "data=local",
+        f"data.train={data}",
+        f"data.eval={evaluation}",
+        "logger=none",
+        "optim.lr=1e-3",
+        "optim.warmup_ratio=0",
+        "trainer.micro_batch_size=2",
+        "trainer.max_steps=2",
+        "trainer.progress_bar=false",
+        f"output_root={tmp_path / 'outputs'}",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
+    if method == "qlora":
+        overrides.append("method.compute_dtype=fp32")
+    if task == "classify":
+        overrides.append("task.labels=[neg,pos]")
+    overrides += [f"{k.replace('__', '.')}={v}" for k, v in extra.items()]
+    return overrides
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}

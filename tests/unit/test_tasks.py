@@ -1,0 +1,352 @@
+"""Tasks: encoding and masks, truncation and drops, and losses checked against transformers."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bigft.config.schema import TaskConfig, TaskName
+from bigft.data.collate import IGNORE_INDEX
+from bigft.data.readers import Record
+from bigft.data.tokenize import cache_key, tokenize_records
+from bigft.errors import ConfigError, DataError
+from bigft.tasks import build_task
+from bigft.tasks.classify import macro_f1
+from bigft.tasks.sft import exact_matches
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+TEXTS = ["The quick brown fox.", "Numbers: 0 1 2 3 4 5 6.", "A reward model scores.", "cat"]
+
+
+def cfg(name: str, **overrides) -> TaskConfig:
+    # Through OmegaConf, as the training command builds it (enums become enum members).
+    return OmegaConf.structured(TaskConfig(name=TaskName(name), **overrides))
+
+
+def rec(source: str = "t.jsonl:1", **fields) -> Record:
+    return Record(fields, source)
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer(tiny_tokenizer):
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+@pytest.fixture(scope="module")
+def causal_lm(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+
+
+def seq_classifier(path, num_labels: int):
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+    assert model.config.pad_token_id is not None
+    return model.eval()
+
+
+def trained_text(tokenizer, example) -> str:
+    return tokenizer.decode([x for x in example["labels"] if x != IGNORE_INDEX])
+
+
+# --- lm -------------------------------------------------------------------------------------
+
+
+def test_lm_encode_collate(tiny_tokenizer):
+    task = build_task(cfg("lm"), tiny_tokenizer)
+    examples = [task.encode(rec(text=t))[0] for t in TEXTS[:2]]
+    assert all(ex["input_ids"][-1] == tiny_tokenizer.eos_token_id for ex in examples)
+    batch = task.collate(examples)
+    lengths = [len(ex["input_ids"]) for ex in examples]
+    assert batch["input_ids"].shape == (2, max(lengths))
+    assert batch["attention_mask"].sum(1).tolist() == lengths
+    assert batch["labels"][batch["attention_mask"] == 0].eq(IGNORE_INDEX).all()
+    assert batch["num_units"].item() == sum(n - 1 for n in lengths)
+    assert batch["num_tokens"].item() == sum(lengths) and batch["num_units"].dim() == 0
+
+
+def test_lm_overlong_truncate_and_drop_counts(tiny_tokenizer):
+    records = [rec(text=t) for t in TEXTS]  # only "cat</s>" fits in 4 tokens
+    cut = tokenize_records(build_task(cfg("lm", max_length=4), tiny_tokenizer), records)
+    assert (cut.truncated, cut.dropped, len(cut.examples)) == (3, 0, 4)
+    assert all(len(ex["input_ids"]) <= 4 and "truncated" not in ex for ex in cut.examples)
+    drop = build_task(cfg("lm", max_length=4, overlong="drop"), tiny_tokenizer)
+    dropped = tokenize_records(drop, records)
+    assert (dropped.truncated, dropped.dropped, len(dropped.examples)) == (0, 3, 1)
+    with pytest.raises(DataError, match=r"all 3 records were dropped.*task\.max_length=4"):
+        tokenize_records(drop, records[:3])
+
+
+def test_lm_loss_matches_transformers_and_sums_over_micro_batches(tiny_tokenizer, causal_lm):
+    task = build_task(cfg("lm"), tiny_tokenizer)
+    examples = [task.encode(rec(text=t))[0] for t in TEXTS]
+    batch = task.collate(examples)
+    out = task.loss(causal_lm, batch)
+    with torch.no_grad():
+        reference = causal_lm(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+    mean = out.loss_sum / batch["num_units"]
+    torch.testing.assert_close(mean, reference.loss, rtol=1e-5, atol=1e-5)
+    halves = [task.collate(examples[:1]), task.collate(examples[1:])]
+    total = sum(task.loss(causal_lm, b).loss_sum for b in halves)
+    units = sum(b["num_units"] for b in halves)
+    torch.testing.assert_close(total / units, mean, rtol=1e-5, atol=1e-5)
+    metrics = task.summarize(task.eval_stats(causal_lm, batch))
+    assert metrics["loss"] == pytest.approx(mean.item(), rel=1e-5)
+    # The loop summarizes the summed training stats too.
+    assert task.summarize(out.stats)["loss"] == pytest.approx(metrics["loss"], rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(mean.item()), rel=1e-4)
+    assert math.isfinite(task.summarize({"loss_sum": 1e6, "units": 1.0})["perplexity"])
+
+
+# --- sft ------------------------------------------------------------------------------------
+
+
+def test_sft_alpaca_masks_the_prompt(tiny_tokenizer):
+    task = build_task(cfg("sft"), tiny_tokenizer)
+    (ex,) = task.encode(rec(instruction="reverse cat", output="tac"))
+    prompt = "### Instruction:\nreverse cat\n\n### Response:\n"
+    n_prompt = len(tiny_tokenizer(prompt)["input_ids"])
+    assert ex["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    assert trained_text(tiny_tokenizer, ex) == "tac</s>"
+    assert tiny_tokenizer.decode(ex["input_ids"]) == prompt + "tac</s>"
+    (with_input,) = task.encode(rec(instruction="reverse", input="dog", output="god"))
+    assert "### Input:\ndog" in tiny_tokenizer.decode(with_input["input_ids"])
+    batch = task.collate([ex, with_input])
+    assert batch["num_units"].item() == sum(
+        sum(x != IGNORE_INDEX for x in e["labels"]) for e in (ex, with_input)
+    )
+
+
+def test_sft_chat_without_template_trains_only_assistant_turns(tiny_tokenizer):
+    task = build_task(cfg("sft"), tiny_tokenizer)
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Count"},
+        {"role": "assistant", "content": "1 2 3"},
+    ]
+    (ex,) = task.encode(rec(messages=messages))
+    assert trained_text(tiny_tokenizer, ex) == "Hello</s>1 2 3</s>"
+    assert tiny_tokenizer.decode(ex["input_ids"]) == (
+        "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\nHello</s>\n"
+        "<|user|>\nCount\n<|assistant|>\n1 2 3</s>\n"
+    )
+
+
+def test_sft_chat_template_masks_are_exact(chat_tokenizer):
+    task = build_task(cfg("sft", eval_generate=True), chat_tokenizer)
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Count"},
+        {"role": "assistant", "content": "1 2 3"},
+    ]
+    (ex,) = task.encode(rec(messages=messages))
+    full = chat_tokenizer.apply_chat_template(messages, tokenize=False)
+    assert chat_tokenizer.decode(ex["input_ids"]) == full
+    assert trained_text(chat_tokenizer, ex) == "Hello</s>\n1 2 3</s>\n"
+    prompt = chat_tokenizer.apply_chat_template(
+        messages[:3], tokenize=False, add_generation_prompt=True
+    )
+    assert chat_tokenizer.decode(ex["prompt_ids"]) == prompt
+    assert chat_tokenizer.decode(ex["reference_ids"]) == "1 2 3"
+    (alpaca,) = task.encode(rec(instruction="Do", input="this", output="done"))
+    assert (
+        chat_tokenizer.decode(alpaca["input_ids"])
+        == "<|user|>\nDo\n\nthis</s>\n<|assistant|>\ndone</s>\n"
+    )
+    assert trained_text(chat_tokenizer, alpaca) == "done</s>\n"
+
+
+def test_sft_bad_records_name_source_and_formats(tiny_tokenizer):
+    task = build_task(cfg("sft"), tiny_tokenizer)
+    with pytest.raises(DataError, match=r"a\.jsonl:7: no 'instruction' or 'messages'.*alpaca"):
+        task.encode(rec("a.jsonl:7", question="q"))
+    with pytest.raises(DataError, match=r"a\.jsonl:8: missing field 'output'.*chat records"):
+        task.encode(rec("a.jsonl:8", instruction="q"))
+    with pytest.raises(DataError, match=r"a\.jsonl:9: field 'messages'\[0\] has role 'bot'"):
+        task.encode(rec("a.jsonl:9", messages=[{"role": "bot", "content": "x"}]))
+    with pytest.raises(DataError, match="no assistant turn"):
+        task.encode(rec(messages=[{"role": "user", "content": "x"}]))
+
+
+def test_sft_overlong_truncate_drop_and_no_response_left(tiny_tokenizer):
+    long_answer = rec(instruction="say", output="The quick brown fox jumps over the lazy dog.")
+    n_prompt = len(tiny_tokenizer("### Instruction:\nsay\n\n### Response:\n")["input_ids"])
+    task = build_task(cfg("sft", max_length=n_prompt + 2), tiny_tokenizer)
+    data = tokenize_records(task, [long_answer])
+    assert data.truncated == 1 and len(data.examples[0]["input_ids"]) == n_prompt + 2
+    assert sum(x != IGNORE_INDEX for x in data.examples[0]["labels"]) == 2
+    short = build_task(cfg("sft", max_length=n_prompt - 1), tiny_tokenizer)
+    with pytest.raises(
+        DataError,
+        match=rf"t\.jsonl:1: the prompt is {n_prompt} tokens.*"
+        rf"max_length={n_prompt - 1}.*overlong=drop",
+    ):
+        short.encode(long_answer)
+    drop = build_task(cfg("sft", max_length=n_prompt + 2, overlong="drop"), tiny_tokenizer)
+    data = tokenize_records(drop, [long_answer, rec(instruction="say", output="")])
+    assert (data.dropped, data.truncated, len(data.examples)) == (1, 0, 1)
+
+
+def test_exact_match_scorer(tiny_tokenizer):
+    assert exact_matches([" tac\n", "dog", ""], ["tac", "god", ""]) == 2
+    task = build_task(cfg("sft", eval_generate=True), tiny_tokenizer)
+    stats = {"loss_sum": 2.0, "units": 2.0, "exact_match": 1.0, "generated": 4.0}
+    assert task.summarize(stats)["exact_match"] == 25.0
+
+
+def test_sft_eval_generate_plain_and_peft(tiny_tokenizer, causal_lm):
+    from peft import LoraConfig, get_peft_model
+
+    task = build_task(cfg("sft", eval_generate=True, max_new_tokens=4), tiny_tokenizer)
+    examples = [task.encode(rec(instruction=t, output="tac"))[0] for t in TEXTS[:2]]
+    batch = task.collate(examples)
+    assert batch["gen_prompt_ids"].shape[0] == 2
+    stats = task.eval_stats(causal_lm, batch)
+    assert stats["generated"] == 2.0 and 0 <= stats["exact_match"] <= 2
+    assert 0.0 <= task.summarize(stats)["exact_match"] <= 100.0
+    peft_model = get_peft_model(
+        copy.deepcopy(causal_lm), LoraConfig(r=2, target_modules=["q_proj", "v_proj"])
+    ).eval()
+    assert task.eval_stats(peft_model, batch)["generated"] == 2.0
+    assert len(task.generate(peft_model, batch)) == 2
+
+
+# --- classify -------------------------------------------------------------------------------
+
+
+def test_classify_labels_and_errors(tiny_tokenizer):
+    task = build_task(cfg("classify", labels=["neg", "pos"]), tiny_tokenizer)
+    assert (task.model_head, task.num_labels) == ("sequence_classification", 2)
+    assert task.encode(rec(text="great", label="pos"))[0]["label"] == 1
+    assert task.encode(rec(text="awful", label=0))[0]["label"] == 0
+    assert task.encode(rec(text="awful", label="1"))[0]["label"] == 1  # CSV gives text
+    with pytest.raises(DataError, match=r"d\.csv:4: label 'meh' is not one of task\.labels"):
+        task.encode(rec("d.csv:4", text="x", label="meh"))
+    with pytest.raises(DataError, match=r"label 2 is not one of.*\['neg', 'pos'\]"):
+        task.encode(rec(text="x", label=2))
+    with pytest.raises(ConfigError, match=r"set task\.labels"):
+        build_task(cfg("classify"), tiny_tokenizer)
+
+
+def test_classify_loss_matches_transformers(tiny_tokenizer, tiny_llama_dir):
+    model = seq_classifier(tiny_llama_dir, num_labels=2)
+    task = build_task(cfg("classify", labels=["neg", "pos"]), tiny_tokenizer)
+    examples = [task.encode(rec(text=t, label=i % 2))[0] for i, t in enumerate(TEXTS)]
+    batch = task.collate(examples)
+    assert batch["num_units"].item() == 4
+    out = task.loss(model, batch)
+    with torch.no_grad():
+        reference = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")})
+    torch.testing.assert_close(out.loss_sum / 4, reference.loss, rtol=1e-5, atol=1e-5)
+    stats = task.eval_stats(model, batch)
+    assert stats["tp_0"] + stats["fn_0"] == 2 and stats["correct"] == out.stats["correct"]
+    metrics = task.summarize(stats)
+    assert 0 <= metrics["accuracy"] <= 100 and 0 <= metrics["macro_f1"] <= 100
+    assert task.summarize(out.stats) == pytest.approx(metrics)
+
+
+def test_macro_f1():
+    # Class 0: tp 2, fp 1, fn 0 -> 0.8; class 1: tp 1, fp 0, fn 1 -> 2/3; class 2 absent.
+    stats = {"tp_0": 2, "fp_0": 1, "fn_0": 0, "tp_1": 1, "fp_1": 0, "fn_1": 1}
+    assert macro_f1(stats, 3) == pytest.approx((0.8 + 2 / 3) / 2)
+
+
+# --- reward ---------------------------------------------------------------------------------
+
+
+def test_reward_expands_ranked_responses_to_ordered_pairs(tiny_tokenizer):
+    task = build_task(cfg("reward"), tiny_tokenizer)
+    assert (task.model_head, task.num_labels) == ("sequence_classification", 1)
+    pairs = task.encode(rec(prompt="Q", responses=["best", "mid", "worst"]))
+    assert len(pairs) == 3
+
+    def text(ids):
+        return tiny_tokenizer.decode(ids).removeprefix("Q\n\n").removesuffix("</s>")
+
+    assert [(text(p["chosen_ids"]), text(p["rejected_ids"])) for p in pairs] == [
+        ("best", "mid"),
+        ("best", "worst"),
+        ("mid", "worst"),
+    ]
+    (pair,) = task.encode(rec(prompt="Q", chosen="yes", rejected="no"))
+    assert text(pair["chosen_ids"]) == "yes"
+    with pytest.raises(
+        DataError, match=r"t\.jsonl:1: field 'responses' must be a list of at least 2"
+    ):
+        task.encode(rec(prompt="Q", responses=["only"]))
+    with pytest.raises(DataError, match=r"missing field 'rejected'.*chosen, rejected"):
+        task.encode(rec(prompt="Q", chosen="yes"))
+
+
+def test_reward_chat_template_and_truncation(chat_tokenizer):
+    long = "The quick brown fox jumps over the lazy dog."
+    task = build_task(cfg("reward", max_length=32), chat_tokenizer)
+    data = tokenize_records(task, [rec(prompt="Q", chosen=long, rejected="n")])
+    (pair,) = data.examples
+    assert data.truncated == 1 and len(pair["chosen_ids"]) == 32
+    assert pair["chosen_ids"][-1] == chat_tokenizer.eos_token_id
+    rejected = chat_tokenizer.decode(pair["rejected_ids"])
+    assert rejected == "<|user|>\nQ</s>\n<|assistant|>\nn</s>\n</s>"
+    drop = build_task(cfg("reward", max_length=32, overlong="drop"), chat_tokenizer)
+    assert drop.encode(rec(prompt="Q", chosen=long, rejected="n")) == []
+
+
+def test_reward_loss_matches_unpadded_scores(tiny_tokenizer, tiny_llama_dir):
+    model = seq_classifier(tiny_llama_dir, num_labels=1)
+    task = build_task(cfg("reward"), tiny_tokenizer)
+    pairs = task.encode(rec(prompt="Score", responses=["great, loved it", "ok", "awful"]))
+    batch = task.collate(pairs)
+    assert batch["input_ids"].shape[0] == 6 and batch["num_units"].item() == 3
+    out = task.loss(model, batch)
+
+    def score(ids):  # one sequence, no padding: what pooling must reproduce inside a batch
+        with torch.no_grad():
+            return model(input_ids=torch.tensor([ids])).logits[0, 0]
+
+    expected = sum(
+        -torch.nn.functional.logsigmoid(score(p["chosen_ids"]) - score(p["rejected_ids"]))
+        for p in pairs
+    )
+    torch.testing.assert_close(out.loss_sum, expected, rtol=1e-4, atol=1e-5)
+    metrics = task.summarize(task.eval_stats(model, batch))
+    assert set(metrics) == {"loss", "accuracy", "margin"}
+    assert task.summarize(out.stats) == pytest.approx(metrics, rel=1e-5)
+    assert metrics["loss"] == pytest.approx(expected.item() / 3, rel=1e-4)
+
+
+# --- tokenizing and caching -----------------------------------------------------------------
+
+
+def test_tokenize_cache_round_trip(tmp_path, tiny_tokenizer):
+    task = build_task(cfg("lm", max_length=4), tiny_tokenizer)
+    records = [rec(text=t) for t in TEXTS]
+    key = cache_key(records, "tok", {"max_length": 4})
+    assert key != cache_key([rec(text="other")], "tok", {"max_length": 4})
+    path = tmp_path / f"{key}.json"
+    first = tokenize_records(task, records, cache_path=path)
+    assert path.exists() and not list(tmp_path.glob(".*.tmp"))
+    # The cache is used as is: an empty record list proves nothing was re-encoded.
+    assert tokenize_records(task, [], cache_path=path) == first
+
+
+def test_build_task_rejects_unknown_names(tiny_tokenizer):
+    class Fake:
+        name = "ppo"
+
+    with pytest.raises(ConfigError, match="unknown task 'ppo'"):
+        build_task(Fake(), tiny_tokenizer)

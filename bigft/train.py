@@ -154,9 +154,12 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
     ensure_model(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.task, tokenizer)
-    model = load_model(cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer)
+    # Weights are placed at load time: a 4-bit base is quantized straight onto its GPU.
+    on_gpu = env.device if env.device.type == "cuda" else None
+    model = load_model(
+        cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu
+    )
     model = apply_method(model, cfg.method, task.model_head)
-    model.to(env.device)
     log.info("method=%s: %s", cfg.method.name, describe_trainable(model))
 
     train_examples, eval_examples = load_examples(cfg, task, tokenizer)

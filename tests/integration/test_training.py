@@ -184,3 +184,12 @@ def test_bad_data_stops_before_training(make_cfg, tmp_path):
     bad.write_text('{"text": "fine"}\n{"text": broken\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2"):
         train(make_cfg("lm", "full", f"data.train={bad}"))
+
+
+@pytest.mark.parametrize("optimizer", ["adamw_8bit", "paged_adamw", "paged_adamw_8bit"])
+def test_bitsandbytes_optimizers_train_qlora(make_cfg, optimizer):
+    cfg = make_cfg("sft", "qlora", f"optim={optimizer}", "trainer.max_steps=3")
+    metrics = train(cfg)
+    assert math.isfinite(metrics["train/loss"])
+    losses = list(train_losses(Path(cfg.output_dir)).values())
+    assert losses[-1] != losses[0]  # the optimizer moved the adapter

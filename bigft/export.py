@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig
 
-from bigft.config import CONF_DIR
+from bigft.config import CONF_DIR, typed_config
 from bigft.config.schema import DType
 from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError
 from bigft.outputs import (
@@ -39,17 +38,6 @@ class ExportConfig:
     run: str = MISSING  # a run directory holding model/ (or such a model/ directory itself)
     output: str = f"${{run}}/{MERGED_SUBDIR}"
     dtype: DType | None = None  # None: the dtype the base was trained in
-
-
-def typed_config(cfg: DictConfig) -> DictConfig:
-    """Check types against the schema (Hydra has already refused unknown keys)."""
-    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
-    if missing:
-        raise ConfigError(f"missing required value: {', '.join(f'{k}=...' for k in missing)}")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(ExportConfig), cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from err
 
 
 def output_dir_of(run_dir: Path) -> Path:
@@ -97,7 +85,7 @@ def export_merged(run_dir: Path | str, output_dir: Path | str, dtype: str | None
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        cfg = typed_config(cfg)
+        cfg = typed_config(cfg, ExportConfig)
         out = export_merged(cfg.run, cfg.output, cfg.dtype)
     except BigftError as err:
         # @hydra.main would print a traceback for any exception that leaves this function.

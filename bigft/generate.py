@@ -16,10 +16,9 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig
 
-from bigft.config import CONF_DIR
+from bigft.config import CONF_DIR, typed_config
 from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError, DataError
 from bigft.export import output_dir_of
 from bigft.models.decode import complete_ids
@@ -39,17 +38,6 @@ class GenerateConfig:
     merged: bool = False  # use <run>/merged, written by bigft-export
     chat: bool = False  # wrap each prompt in the tokenizer's chat template as a user turn
     seed: int = 0
-
-
-def typed_config(cfg: DictConfig) -> DictConfig:
-    """Check types against the schema (Hydra has already refused unknown keys)."""
-    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
-    if missing:
-        raise ConfigError(f"missing required value: {', '.join(f'{k}=...' for k in missing)}")
-    try:
-        return OmegaConf.merge(OmegaConf.structured(GenerateConfig), cfg)
-    except OmegaConfBaseException as err:
-        raise ConfigError(str(err).splitlines()[0]) from err
 
 
 def read_prompts(prompt: str | None, prompts_file: str | None) -> list[str]:
@@ -142,7 +130,7 @@ def generate(
 @hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
-        cfg = typed_config(cfg)
+        cfg = typed_config(cfg, GenerateConfig)
         prompts = read_prompts(cfg.prompt, cfg.prompts_file)
         completions = generate(
             cfg.run,

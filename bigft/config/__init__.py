@@ -24,6 +24,24 @@ _register_resolvers()
 register_configs()
 
 
+def typed_config(cfg: DictConfig, schema: type) -> DictConfig:
+    """Check a small command's config against its dataclass schema; user errors, not tracebacks.
+
+    For the one-shot commands (bigft-export, bigft-generate), whose schema is not registered.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from bigft.errors import ConfigError
+
+    missing = [key for key in cfg if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(f"missing required value: {', '.join(f'{k}=...' for k in missing)}")
+    try:
+        return OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as err:
+        raise ConfigError(str(err).splitlines()[0]) from err
+
+
 def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
     """Compose `conf/<config_name>.yaml` with command-line style overrides, outside @hydra.main.
 

@@ -103,11 +103,18 @@ def write_output_dir(out_dir: Path, write: Any, metadata: dict[str, Any]) -> Pat
 
 
 def save_final(
-    model: torch.nn.Module, tokenizer: Any, out_dir: Path, *, method: str, base_path: str
+    model: torch.nn.Module,
+    tokenizer: Any,
+    out_dir: Path,
+    *,
+    method: str,
+    base_path: str,
+    state_dict: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the adapter (lora, qlora, prefix) or the whole model (full, freeze) + tokenizer.
 
-    Call on one process, with the parameters gathered (ZeRO-3 shards them across ranks).
+    Call on one process. Under ZeRO-3 the module's parameters are empty shards: pass the
+    gathered weights as `state_dict` (the trainable ones for an adapter, all for a model).
     """
     method = str(method)
     metadata = output_metadata(model, method=method, base_path=base_path)
@@ -115,7 +122,7 @@ def save_final(
     def write(tmp: Path) -> None:
         # PeftModel.save_pretrained writes only the adapter (and modules_to_save, e.g. `score`);
         # a PreTrainedModel writes config + weights. Both write safetensors.
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
 
     return write_output_dir(Path(out_dir), write, metadata)

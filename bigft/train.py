@@ -2,61 +2,48 @@
 
 `train(cfg) -> metrics` is a plain function (tests call it); `main()` is only the Hydra wrapper.
 The body reads in the order data flows through a run: config → distributed env → run directory →
-tokenizer and model → method → task and data → optimizer → loop → outputs.
+tokenizer and model → method → task and data → engine (optimizer, parallelism) → loop → outputs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from bigft.config import CONF_DIR
 from bigft.config.validate import validate
 from bigft.data.load import load_examples
-from bigft.distributed import DistEnv, discover
+from bigft.distributed import DistEnv, close_process_group, discover, init_process_group
+from bigft.distributed.comm import barrier
+from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stage
+from bigft.distributed.engine import Engine, build_engine
 from bigft.engine.batches import BatchPlan
-from bigft.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
 from bigft.engine.loop import Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
+from bigft.engine.resume import resume_point, save_config
 from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError
+from bigft.launch.local import relaunch_if_needed
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.build import ensure_model
 from bigft.models.load import load_model, load_tokenizer
-from bigft.outputs import save_final
+from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
 from bigft.tracking import start_tracking
+from bigft.tracking.report import compact_config, comparison_table
 
 log = logging.getLogger("bigft")
-
-CONFIG_FILE = "config.yaml"
-# Keys that may change between a run and its resumption without changing what is trained.
-RESUMABLE_CHANGES = (
-    "trainer.resume",
-    "trainer.max_steps",
-    "trainer.epochs",
-    "trainer.eval_every",
-    "trainer.eval_at_start",
-    "trainer.eval_batch_size",
-    "trainer.save_every",
-    "trainer.keep_last",
-    "trainer.log_every",
-    "trainer.progress_bar",
-    "trainer.save_model",
-    "data.max_eval_examples",
-    "task.eval_generate",
-    "task.max_new_tokens",
-    "logger",
-    "launcher",
-)
 
 
 def seed_everything(seed: int) -> None:
@@ -65,102 +52,112 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(node, dict):
-        out: dict[str, object] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
-def _config_changes(saved: DictConfig, current: DictConfig) -> list[str]:
-    old = _flatten(OmegaConf.to_container(saved, resolve=True))
-    new = _flatten(OmegaConf.to_container(current, resolve=True))
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
-            continue
-        changed.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
-    return changed
-
-
-def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run."""
-    resume = cfg.trainer.resume
-    if resume not in ("auto", "never"):
-        return Path(resume)
-    existing = list_checkpoints(run_dir)
-    if resume == "never":
-        if existing:
-            raise ConfigError(
-                f"{run_dir} already holds checkpoints ({existing[-1].name}); continue it with "
-                "trainer.resume=auto, start a new run with name=<new name>, or delete it"
-            )
-        return None
-    found = latest_checkpoint(run_dir)
-    if found and (run_dir / CONFIG_FILE).is_file():
-        changes = _config_changes(OmegaConf.load(run_dir / CONFIG_FILE), cfg)
-        if changes:
-            raise ConfigError(
-                f"{run_dir} holds a run with a different configuration; it cannot be resumed:\n  "
-                + "\n  ".join(changes)
-                + "\nuse name=<new name> for a new run, or undo these overrides to continue it"
-            )
-    return found
-
-
-def prepare_run_dir(cfg: DictConfig, env: DistEnv) -> Path:
-    run_dir = Path(cfg.output_dir)
-    if env.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    return run_dir
-
-
-def save_config(cfg: DictConfig, run_dir: Path) -> None:
-    (run_dir / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
 def total_steps(cfg: DictConfig, plan: BatchPlan) -> int:
     if cfg.trainer.max_steps > 0:
         return cfg.trainer.max_steps
     return plan.steps_per_epoch * cfg.trainer.epochs
 
 
-def print_comparison(base: dict[str, float], tuned: dict[str, float]) -> None:
-    """Base vs tuned model, side by side, for every eval metric both runs report."""
-    keys = [k for k in tuned if k in base]
-    if not keys:
-        return
-    width = max(len(k) for k in keys)
-    lines = [f"{'metric':<{width}}  {'base':>10}  {'tuned':>10}  {'change':>10}"]
-    for key in keys:
-        delta = tuned[key] - base[key]
-        lines.append(f"{key:<{width}}  {base[key]:>10.3f}  {tuned[key]:>10.3f}  {delta:>+10.3f}")
-    print("\n" + "\n".join(lines) + "\n", flush=True)
+def sharded_loading(ds_config: dict[str, Any] | None) -> contextlib.AbstractContextManager:
+    """Under ZeRO-3, build the model already partitioned (never whole on one rank).
+
+    transformers' from_pretrained consults a global HfDeepSpeedConfig; it must stay alive while
+    the model loads.
+    """
+    if zero_stage(ds_config) < 3:
+        return contextlib.nullcontext()
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    @contextlib.contextmanager
+    def active():
+        keep_alive = HfDeepSpeedConfig(ds_config)
+        try:
+            yield keep_alive
+        finally:
+            unset_hf_deepspeed_config()
+
+    return active()
+
+
+def restore_weights(checkpoint: Path | None, model: torch.nn.Module, env: DistEnv, sharded: bool):
+    """Portable weights go in before the engine exists; returns whether the engine's own
+    (optimizer or ZeRO) state can be restored too."""
+    if checkpoint is None:
+        return False
+    saved_world = read_state(checkpoint).get("world_size", 1)
+    if not sharded or saved_world == env.world_size:
+        if not sharded:
+            load_trainable_weights(checkpoint, model)
+        return True
+    # ZeRO shards are tied to the world size that wrote them: restart the optimizer state.
+    if not load_trainable_weights(checkpoint, model):
+        raise ConfigError(
+            f"{checkpoint} was written by {saved_world} ranks with full fine-tuning under ZeRO; "
+            f"it resumes only with {saved_world} ranks (launcher.nproc_per_node / nodes)"
+        )
+    if env.is_main:
+        log.warning(
+            "resuming %d-rank ZeRO checkpoint on %d ranks: trainable weights restored, "
+            "optimizer state restarted",
+            saved_world,
+            env.world_size,
+        )
+    return False
+
+
+def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path, env: DistEnv):
+    """The adapter or full model, written once by rank 0 from gathered weights."""
+    adapter = cfg.method.name in ("lora", "qlora", "prefix")
+    # Collectives: every rank takes part in gathering ZeRO-3 shards.
+    state = engine.trainable_state() if adapter else engine.consolidated_state()
+    if env.is_main:
+        out = save_final(
+            engine.module,
+            tokenizer,
+            run_dir / MODEL_SUBDIR,
+            method=cfg.method.name,
+            base_path=cfg.model.path,
+            state_dict=state if engine.shards_parameters else None,
+        )
+        log.info("saved %s", out)
+    barrier()
 
 
 def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, float]:
     """Run one training job described by `cfg`; returns the final metrics."""
     validate(cfg)
     env = discover(cfg.distributed.name)
-    run_dir = prepare_run_dir(cfg, env)
+    init_process_group(env, cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    try:
+        return _train(cfg, env, crash_after_step)
+    finally:
+        close_process_group()
+
+
+def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[str, float]:
+    # Every rank derives the same run directory from the config; only rank 0 writes to it.
+    run_dir = Path(cfg.output_dir)
     checkpoint = resume_point(cfg, run_dir)
     if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
         log.info("run directory: %s", run_dir)
     seed_everything(cfg.trainer.seed)
+    ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
 
-    ensure_model(cfg.model)
+    ensure_model(cfg.model, can_build=not env.distributed)
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.task, tokenizer)
     # Weights are placed at load time: a 4-bit base is quantized straight onto its GPU.
     on_gpu = env.device if env.device.type == "cuda" else None
-    model = load_model(
-        cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu
-    )
+    with sharded_loading(ds_config):
+        model = load_model(
+            cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu
+        )
     model = apply_method(model, cfg.method, task.model_head)
-    log.info("method=%s: %s", cfg.method.name, describe_trainable(model))
+    if env.is_main:
+        log.info("method=%s: %s", cfg.method.name, describe_trainable(model))
 
     train_examples, eval_examples = load_examples(cfg, task, tokenizer)
     plan = BatchPlan(
@@ -172,29 +169,40 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
     )
     plan.check()
     steps = total_steps(cfg, plan)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, steps)
 
+    resume_engine_state = restore_weights(checkpoint, model, env, sharded=ds_config is not None)
+    optimizer = build_optimizer(model, cfg.optim)
+    engine = build_engine(
+        model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
+    )
+    # The schedule drives the optimizer the engine steps (DeepSpeed wraps bigft's optimizer).
+    scheduler = build_scheduler(engine.optimizer, cfg.optim, steps)
     state = LoopState()
     if checkpoint is not None:
-        saved = load_checkpoint(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler)
-        state = LoopState.from_dict(saved)
-        log.info("resumed from %s (step %d)", checkpoint, state.step)
+        load_training_state(
+            checkpoint,
+            engine=engine,
+            scheduler=scheduler,
+            env=env,
+            with_sharded=resume_engine_state,
+        )
+        state = LoopState.from_dict(read_state(checkpoint))
+        if env.is_main:
+            log.info("resumed from %s (step %d)", checkpoint, state.step)
     tracker = start_tracking(cfg, run_dir, is_main=env.is_main, wandb_id=state.wandb_id)
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
     loop = Loop(
-        model=model,
+        engine=engine,
         task=task,
         train_examples=train_examples,
         eval_examples=eval_examples,
-        optimizer=optimizer,
         scheduler=scheduler,
         plan=plan,
         total_steps=steps,
         trainer=cfg.trainer,
-        max_grad_norm=cfg.optim.max_grad_norm,
-        mixed_precision=cfg.trainer.mixed_precision,
+        autocast_dtype="none" if ds_config else cfg.trainer.mixed_precision,
+        checkpoint_trainable=ds_config is None or cfg.method.name != "full",
         env=env,
         run_dir=run_dir,
         tracker=tracker,
@@ -202,47 +210,23 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
     )
     try:
         metrics = loop.run(crash_after_step=crash_after_step)
-        if env.is_main and cfg.trainer.save_model:
-            out = save_final(
-                model,
-                tokenizer,
-                run_dir / "model",
-                method=cfg.method.name,
-                base_path=cfg.model.path,
-            )
-            log.info("saved %s", out)
+        if cfg.trainer.save_model:
+            save_outputs(cfg, engine, tokenizer, run_dir, env)
         tracker.summary(metrics)
     finally:
         tracker.finish()
     if env.is_main and state.base_eval:
-        print_comparison(
-            state.base_eval, {k: v for k, v in metrics.items() if k.startswith("eval/")}
-        )
+        tuned = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        print("\n" + comparison_table(state.base_eval, tuned) + "\n", flush=True)
     return metrics
 
 
-def compact_config(cfg: DictConfig) -> str:
-    """One line per config group (`method: name=lora r=16 ...`): the whole run at a glance."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    lines, scalars = [], []
-    for key, value in resolved.items():
-        if isinstance(value, dict):
-            items = " ".join(f"{k}={_short(v)}" for k, v in value.items())
-            lines.append(f"  {key}: {items}")
-        else:
-            scalars.append(f"{key}={_short(value)}")
-    return "config: " + " ".join(scalars) + "\n" + "\n".join(lines)
-
-
-def _short(value: object) -> str:
-    text = str(value).replace("\n", "\\n")
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _configure_logging() -> None:
+    rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
-        level=logging.INFO,
-        format="[%(asctime)s %(name)s] %(message)s",
+        # Other ranks only report problems; rank 0 tells the story.
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"[%(asctime)s %(name)s rank{rank}] %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
         force=True,
@@ -254,8 +238,11 @@ def _configure_logging() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     _configure_logging()
-    print(compact_config(cfg), flush=True)
     try:
+        if relaunch_if_needed(cfg):
+            return None
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(compact_config(cfg), flush=True)
         metrics = train(cfg)
     except BigftError as err:
         # A user mistake: the message says what to change; a traceback would only hide it.

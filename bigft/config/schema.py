@@ -69,6 +69,11 @@ class SchedulerName(_Choice):
 
 class DistributedName(_Choice):
     single = "single"
+    ddp = "ddp"
+    zero1 = "zero1"
+    zero2 = "zero2"
+    zero3 = "zero3"
+    zero3_offload = "zero3_offload"
 
 
 class LauncherName(_Choice):
@@ -200,7 +205,13 @@ class TrainerConfig:
 @dataclass
 class DistributedConfig:
     name: DistributedName = DistributedName.single
+    # "auto": nccl on GPUs, gloo on CPUs.
+    backend: str = "auto"
+    # A rank that waits this long on a collective fails the job instead of hanging it.
     timeout_minutes: int = 30
+    # The DeepSpeed config, as DeepSpeed documents it (zero1/2/3 modes). bigft fills in the batch
+    # sizes, gradient clipping and precision from trainer/optim and refuses contradicting values.
+    deepspeed: dict[str, Any] | None = None
 
 
 @dataclass

@@ -44,12 +44,7 @@ def validate(cfg: DictConfig) -> None:
     _require(
         m.train_last_n_blocks >= 0, "method.train_last_n_blocks", m.train_last_n_blocks, ">= 0"
     )
-    _require(
-        cfg.launcher.nproc_per_node == 1,
-        "launcher.nproc_per_node",
-        cfg.launcher.nproc_per_node,
-        "1 with distributed=single (multi-process modes arrive with distributed=ddp/zero*)",
-    )
+    _validate_distributed(cfg)
     _validate_combination(cfg)
 
 
@@ -59,6 +54,48 @@ def _check_schema(cfg: DictConfig) -> None:
         OmegaConf.merge(OmegaConf.structured(TrainConfig), OmegaConf.to_container(cfg))
     except (ConfigKeyError, ConfigAttributeError) as err:
         raise ConfigError(f"unknown config key {err.full_key!r} (check its spelling)") from err
+
+
+def _validate_distributed(cfg: DictConfig) -> None:
+    d, nproc = cfg.distributed, cfg.launcher.nproc_per_node
+    _require(nproc >= 1, "launcher.nproc_per_node", nproc, ">= 1")
+    if nproc > 1 and d.name == "single":
+        raise ConfigError(
+            f"launcher.nproc_per_node={nproc} with distributed=single: choose a multi-process "
+            "mode (distributed=ddp, zero1, zero2, zero3 or zero3_offload)"
+        )
+    uses_deepspeed = d.name.startswith("zero")
+    if uses_deepspeed and not d.deepspeed:
+        raise ConfigError(f"distributed={d.name} needs its DeepSpeed block (distributed.deepspeed)")
+    if not uses_deepspeed and d.deepspeed:
+        raise ConfigError(
+            f"distributed.deepspeed is set but distributed={d.name} does not use DeepSpeed; "
+            "choose distributed=zero1, zero2, zero3 or zero3_offload"
+        )
+    if cfg.method.name == "qlora" and uses_deepspeed:
+        _validate_qlora_under_zero(cfg)
+
+
+def _validate_qlora_under_zero(cfg: DictConfig) -> None:
+    from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
+
+    ds = OmegaConf.to_container(cfg.distributed.deepspeed, resolve=True)
+    if offloads_optimizer(ds) or offloads_params(ds):
+        raise ConfigError(
+            f"method=qlora with distributed={cfg.distributed.name}: CPU offload with a 4-bit base "
+            "is known to raise GPU memory rather than lower it; use distributed=zero3"
+        )
+    if zero_stage(ds) < 3:
+        return
+    # ZeRO-3 shards the 4-bit weights like any others only if they are stored in the compute
+    # dtype (bnb_4bit_quant_storage) and the rest of the model is in that dtype too.
+    compute = str(cfg.method.compute_dtype)
+    storage = str(cfg.method.quant_storage) if cfg.method.quant_storage else None
+    if storage != compute or str(cfg.model.dtype) != compute:
+        raise ConfigError(
+            "method=qlora under ZeRO-3 needs the 4-bit storage and the model in the compute dtype: "
+            f"add method.quant_storage={compute} model.dtype={compute}"
+        )
 
 
 def _validate_resume(resume: str) -> None:

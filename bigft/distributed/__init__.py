@@ -1,5 +1,8 @@
-"""Rank discovery and process-group set-up; parallelism is applied here and nowhere else."""
+"""Rank discovery, process groups, collectives and the engine that applies parallelism.
 
-from bigft.distributed.env import DistEnv, discover
+Model code knows nothing of parallelism: it is applied here, in one place.
+"""
 
-__all__ = ["DistEnv", "discover"]
+from bigft.distributed.env import DistEnv, close_process_group, discover, init_process_group
+
+__all__ = ["DistEnv", "close_process_group", "discover", "init_process_group"]

@@ -1,14 +1,17 @@
 """Who am I in the job: rank, local rank, world size and device, read from the environment.
 
-torchrun and `deepspeed` set RANK/LOCAL_RANK/WORLD_SIZE; under `srun` only SLURM_* exist.
+torchrun and `deepspeed` set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under `srun`
+only SLURM_* exist, so bigft derives the rest from them.
 """
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from bigft.errors import ConfigError
 
@@ -24,6 +27,10 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
 
 def _env_int(*names: str, default: int) -> int:
     for name in names:
@@ -34,14 +41,14 @@ def _env_int(*names: str, default: int) -> int:
 
 
 def discover(distributed_name: str) -> DistEnv:
-    """Read rank and world size; refuse a multi-process start of a single-process config."""
+    """Read rank and world size from torchrun's or Slurm's variables."""
     world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
     rank = _env_int("RANK", "SLURM_PROCID", default=0)
     local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
     if world > 1 and distributed_name == "single":
         raise ConfigError(
-            f"bigft was started as {world} processes but distributed={distributed_name} runs one "
-            "process; start it once, or choose a multi-process distributed mode"
+            f"bigft was started as {world} processes but distributed=single runs one process; "
+            "choose distributed=ddp, zero1, zero2, zero3 or zero3_offload"
         )
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
@@ -49,3 +56,31 @@ def discover(distributed_name: str) -> DistEnv:
     else:
         device = torch.device("cpu")
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
+
+
+def init_process_group(env: DistEnv, backend: str, timeout_minutes: int) -> None:
+    """Join the job's process group (a no-op for one process).
+
+    The timeout turns a rank that died or diverged into an error on the others instead of a
+    job that hangs until its Slurm time limit.
+    """
+    if not env.distributed or dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    os.environ.setdefault("RANK", str(env.rank))
+    os.environ.setdefault("WORLD_SIZE", str(env.world_size))
+    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    if backend == "auto":
+        backend = "nccl" if env.device.type == "cuda" else "gloo"
+    dist.init_process_group(
+        backend=backend,
+        rank=env.rank,
+        world_size=env.world_size,
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+    )
+
+
+def close_process_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -15,6 +15,8 @@ from tqdm.auto import tqdm
 
 from bigft.config.schema import TrainerConfig
 from bigft.distributed import DistEnv
+from bigft.distributed.comm import sum_across_ranks
+from bigft.distributed.engine import Engine
 from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import save_checkpoint
 from bigft.errors import TrainingError
@@ -50,17 +52,18 @@ class LoopState:
 class Loop:
     """The pieces the loop drives, built by `bigft.train` in data-flow order."""
 
-    model: torch.nn.Module
+    engine: Engine
     task: Task
     train_examples: list[dict]
     eval_examples: list[dict]
-    optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     plan: BatchPlan
     total_steps: int
     trainer: TrainerConfig
-    max_grad_norm: float | None
-    mixed_precision: str
+    # Autocast in the loop (one process, DDP); DeepSpeed casts the model itself.
+    autocast_dtype: str
+    # Whether checkpoints carry the gathered trainable weights (see engine/checkpoint.py).
+    checkpoint_trainable: bool
     env: DistEnv
     run_dir: Path
     tracker: Tracker
@@ -69,9 +72,9 @@ class Loop:
     # ---- pieces ---------------------------------------------------------------------------
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.mixed_precision == "none":
+        if self.autocast_dtype == "none":
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.mixed_precision == "bf16" else torch.float16
+        dtype = torch.bfloat16 if self.autocast_dtype == "bf16" else torch.float16
         return torch.autocast(self.env.device.type, dtype=dtype)
 
     def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +83,7 @@ class Loop:
         }
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
 
     def step_batches(self, step: int) -> list[dict[str, Any]]:
         micro = self.plan.micro_batches(step, self.env.rank)
@@ -89,50 +92,47 @@ class Loop:
     # ---- one optimizer step ---------------------------------------------------------------
 
     def train_step(self, step: int) -> dict[str, float]:
-        """Forward/backward over the accumulation window, then clip and step (or skip)."""
-        self.model.train()
+        """Forward/backward over the accumulation window, then step (or skip a bad update)."""
+        self.engine.forward_model.train()
         started = time.perf_counter()
         batches = self.step_batches(step)
-        # Divide every micro-batch's summed loss by the units of the whole window, so that the
-        # accumulated gradient is the gradient of the mean over the global batch: micro-batch 1 ×
-        # accumulation 4 gives the same update as micro-batch 4 × accumulation 1.
-        units = sum(int(b["num_units"]) for b in batches)
-        tokens = sum(int(b["num_tokens"]) for b in batches)
+        local = {
+            "units": sum(int(b["num_units"]) for b in batches),
+            "tokens": sum(int(b["num_tokens"]) for b in batches),
+        }
+        # Every micro-batch's summed loss is divided by the units (tokens, examples, pairs) of
+        # the whole global batch, all ranks included, so that micro-batch 1 × accumulation 4 and
+        # 2 ranks × 2 give the same update as one micro-batch of 4 in one process.
+        totals = sum_across_ranks(local)
         loss = torch.zeros((), device=self.env.device)
         stats: dict[str, float] = {}
-        for batch in batches:
-            with self.autocast():
-                out = self.task.loss(self.model, self.to_device(batch))
-            scaled = out.loss_sum / max(units, 1)
-            scaled.backward()
+        for i, batch in enumerate(batches):
+            with self.engine.micro_batch(last=i == len(batches) - 1):
+                with self.autocast():
+                    out = self.task.loss(self.engine.forward_model, self.to_device(batch))
+                scaled = out.loss_sum / max(totals["units"], 1)
+                self.engine.backward(scaled)
             loss += scaled.detach().float()
             for key, value in out.stats.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
-        grad_norm = self.clip_gradients()
-        finite = bool(torch.isfinite(loss)) and math.isfinite(grad_norm)
+        applied, grad_norm = self.engine.step()
+        stats = sum_across_ranks({**stats, "__loss": float(loss)})
+        loss_value = stats.pop("__loss")
+        finite = applied and math.isfinite(loss_value)
         if finite:
-            self.optimizer.step()
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.record_step_health(finite, step)
         elapsed = time.perf_counter() - started
-        self.state.tokens_seen += tokens
+        self.state.tokens_seen += int(totals["tokens"])
         metrics = {
-            "train/loss": float(loss),
-            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/loss": loss_value,
+            "train/lr": self.engine.optimizer.param_groups[0]["lr"],
             "train/grad_norm": grad_norm,
-            "train/tokens_per_sec": tokens / max(elapsed, 1e-9),
+            "train/tokens_per_sec": totals["tokens"] / max(elapsed, 1e-9),
             "train/tokens_seen": float(self.state.tokens_seen),
         }
         metrics.update({f"train/{k}": v for k, v in self.task.summarize(stats).items()})
         return metrics
-
-    def clip_gradients(self) -> float:
-        # With no clipping configured the norm is still computed: it is logged, and a non-finite
-        # norm is how an overflow is caught before it reaches the weights.
-        max_norm = self.max_grad_norm if self.max_grad_norm else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), max_norm)
-        return float(norm)
 
     def record_step_health(self, finite: bool, step: int) -> None:
         if finite:
@@ -158,38 +158,47 @@ class Loop:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
+        """Metrics over the whole eval set.
+
+        Every rank evaluates every example: under ZeRO-3 all ranks must run the same forwards in
+        lockstep (each forward gathers parameter shards), and identical inputs keep them so.
+        """
         if not self.eval_examples:
             return {}
-        self.model.eval()
+        model = self.engine.module
+        model.eval()
         stats: dict[str, float] = {}
         size = self.trainer.eval_batch_size
         for start in range(0, len(self.eval_examples), size):
             batch = self.task.collate(self.eval_examples[start : start + size])
             with self.autocast():
-                batch_stats = self.task.eval_stats(self.model, self.to_device(batch))
+                batch_stats = self.task.eval_stats(model, self.to_device(batch))
             for key, value in batch_stats.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
-        self.model.train()
+        model.train()
         return {f"eval/{k}": v for k, v in self.task.summarize(stats).items()}
 
     def weights_are_finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.trainable_parameters())
+        # Each rank checks what it holds (its shard under ZeRO-3); all must agree.
+        local_bad = sum(not bool(torch.isfinite(p).all()) for p in self.trainable_parameters())
+        return sum_across_ranks({"bad": float(local_bad)})["bad"] == 0
 
     def checkpoint(self) -> None:
         # Never replace a good checkpoint with weights that have already gone non-finite.
         if not self.weights_are_finite():
             log.warning("step %d: weights are not finite; checkpoint not written", self.state.step)
             return
+        path = save_checkpoint(
+            self.run_dir,
+            step=self.state.step,
+            engine=self.engine,
+            scheduler=self.scheduler,
+            state=self.state.to_dict(),
+            keep_last=self.trainer.keep_last,
+            env=self.env,
+            with_trainable=self.checkpoint_trainable,
+        )
         if self.env.is_main:
-            path = save_checkpoint(
-                self.run_dir,
-                step=self.state.step,
-                model=self.model,
-                optimizer=self.optimizer,
-                scheduler=self.scheduler,
-                state=self.state.to_dict(),
-                keep_last=self.trainer.keep_last,
-            )
             log.info("checkpoint: %s", path)
 
     def due(self, every: int) -> bool:

@@ -10,11 +10,15 @@ import torch
 from omegaconf import OmegaConf
 
 from bigft.config.schema import OptimConfig
+from bigft.distributed.engine import PlainEngine
+from bigft.distributed.env import DistEnv
 from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_checkpoint,
+    load_trainable_weights,
+    load_training_state,
+    read_state,
     save_checkpoint,
 )
 from bigft.engine.optim import build_optimizer, build_scheduler, lr_multiplier
@@ -78,49 +82,50 @@ def test_min_lr_ratio_is_the_floor():
 def _tiny_training_objects():
     model = torch.nn.Linear(3, 2)
     cfg = OmegaConf.structured(OptimConfig(lr=0.1, scheduler="linear"))
-    opt = build_optimizer(model, cfg)
-    sched = build_scheduler(opt, cfg, total_steps=10)
-    return model, opt, sched
+    engine = PlainEngine(model, build_optimizer(model, cfg), DistEnv(), max_grad_norm=1.0)
+    return model, engine, build_scheduler(engine.optimizer, cfg, total_steps=10)
 
 
-def _step(model, opt, sched):
-    model(torch.ones(1, 3)).sum().backward()
-    opt.step()
+def _step(model, engine, sched):
+    engine.backward(model(torch.ones(1, 3)).sum())
+    assert engine.step()[0]
     sched.step()
-    opt.zero_grad()
+
+
+def _save(tmp_path, step, engine, sched, state=None):
+    return save_checkpoint(
+        tmp_path,
+        step=step,
+        engine=engine,
+        scheduler=sched,
+        state=state or {},
+        keep_last=2,
+        env=DistEnv(),
+    )
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_schedule_and_rng(tmp_path):
-    model, opt, sched = _tiny_training_objects()
-    _step(model, opt, sched)
-    path = save_checkpoint(
-        tmp_path,
-        step=1,
-        model=model,
-        optimizer=opt,
-        scheduler=sched,
-        state={"wandb_id": "abc"},
-        keep_last=2,
-    )
+    model, engine, sched = _tiny_training_objects()
+    _step(model, engine, sched)
+    path = _save(tmp_path, 1, engine, sched, {"wandb_id": "abc"})
     expected_rng = torch.rand(3)
-    _step(model, opt, sched)
+    _step(model, engine, sched)
     expected_weight = model.weight.detach().clone()
 
-    model2, opt2, sched2 = _tiny_training_objects()
-    state = load_checkpoint(path, model=model2, optimizer=opt2, scheduler=sched2)
-    assert state == {"wandb_id": "abc", "step": 1}
+    model2, engine2, sched2 = _tiny_training_objects()
+    assert load_trainable_weights(path, model2)
+    load_training_state(path, engine=engine2, scheduler=sched2, env=DistEnv(), with_sharded=True)
+    assert read_state(path) == {"wandb_id": "abc", "step": 1, "world_size": 1}
     assert torch.equal(torch.rand(3), expected_rng)
-    _step(model2, opt2, sched2)
+    _step(model2, engine2, sched2)
     assert torch.equal(model2.weight, expected_weight)
     assert sched2.get_last_lr() == sched.get_last_lr()
 
 
 def test_checkpoints_keep_last_k_and_ignore_incomplete_writes(tmp_path):
-    model, opt, sched = _tiny_training_objects()
+    _model, engine, sched = _tiny_training_objects()
     for step in (2, 4, 6):
-        save_checkpoint(
-            tmp_path, step=step, model=model, optimizer=opt, scheduler=sched, state={}, keep_last=2
-        )
+        _save(tmp_path, step, engine, sched)
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step_00000004", "step_00000006"]
     # A crash mid-write leaves a temp dir (or a dir without state.json): never picked up.
     (tmp_path / "checkpoints" / ".tmp-step_00000008").mkdir()

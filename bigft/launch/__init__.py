@@ -1,0 +1,1 @@
+"""Starting the processes of a job: locally (torchrun) now, Slurm next."""

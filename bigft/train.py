@@ -128,7 +128,12 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
     """Run one training job described by `cfg`; returns the final metrics."""
     validate(cfg)
     env = discover(cfg.distributed.name)
-    init_process_group(env, cfg.distributed.backend, cfg.distributed.timeout_minutes)
+    init_process_group(
+        env,
+        cfg.distributed.backend,
+        cfg.distributed.timeout_minutes,
+        deepspeed=bool(cfg.distributed.deepspeed),
+    )
     try:
         return _train(cfg, env, crash_after_step)
     finally:
@@ -138,7 +143,7 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
 def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[str, float]:
     # Every rank derives the same run directory from the config; only rank 0 writes to it.
     run_dir = Path(cfg.output_dir)
-    checkpoint = resume_point(cfg, run_dir)
+    checkpoint = resume_point(cfg, run_dir, env.world_size)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -175,8 +180,9 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
-    # The schedule drives the optimizer the engine steps (DeepSpeed wraps bigft's optimizer).
-    scheduler = build_scheduler(engine.optimizer, cfg.optim, steps)
+    # DeepSpeed wraps bigft's optimizer and steps it with the learning rate the schedule sets
+    # on its param groups, so the schedule drives the optimizer bigft built.
+    scheduler = build_scheduler(optimizer, cfg.optim, steps)
     state = LoopState()
     if checkpoint is not None:
         load_training_state(
@@ -221,6 +227,18 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
     return metrics
 
 
+def fault_injection() -> int | None:
+    """BIGFT_CRASH_AFTER_STEP=N [BIGFT_CRASH_RANK=r]: fail after step N (on rank r only).
+
+    For tests of what users meet for real: a job killed mid-run, or one rank dying.
+    """
+    step = os.environ.get("BIGFT_CRASH_AFTER_STEP")
+    rank = os.environ.get("BIGFT_CRASH_RANK")
+    if step is None or (rank is not None and rank != os.environ.get("RANK", "0")):
+        return None
+    return int(step)
+
+
 def _configure_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
@@ -243,7 +261,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             return None
         if int(os.environ.get("RANK", "0")) == 0:
             print(compact_config(cfg), flush=True)
-        metrics = train(cfg)
+        metrics = train(cfg, crash_after_step=fault_injection())
     except BigftError as err:
         # A user mistake: the message says what to change; a traceback would only hide it.
         print(f"bigft: error: {err}", file=sys.stderr, flush=True)

@@ -58,13 +58,16 @@ def discover(distributed_name: str) -> DistEnv:
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world, device=device)
 
 
-def init_process_group(env: DistEnv, backend: str, timeout_minutes: int) -> None:
+def init_process_group(
+    env: DistEnv, backend: str, timeout_minutes: int, *, deepspeed: bool = False
+) -> None:
     """Join the job's process group (a no-op for one process).
 
     The timeout turns a rank that died or diverged into an error on the others instead of a
     job that hangs until its Slurm time limit.
     """
-    if not env.distributed or dist.is_initialized():
+    # DeepSpeed needs a process group even for one rank (e.g. ZeRO-3 offload on one GPU).
+    if (not env.distributed and not deepspeed) or dist.is_initialized():
         return
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
@@ -73,12 +76,15 @@ def init_process_group(env: DistEnv, backend: str, timeout_minutes: int) -> None
     os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
     if backend == "auto":
         backend = "nccl" if env.device.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     dist.init_process_group(
-        backend=backend,
-        rank=env.rank,
-        world_size=env.world_size,
-        timeout=datetime.timedelta(minutes=timeout_minutes),
+        backend=backend, rank=env.rank, world_size=env.world_size, timeout=timeout
     )
+    if deepspeed:
+        # DeepSpeed keeps its own view of the group (its configs read the world size from it).
+        import deepspeed as ds
+
+        ds.init_distributed(dist_backend=backend, timeout=timeout)
 
 
 def close_process_group() -> None:

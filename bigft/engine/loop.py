@@ -126,7 +126,7 @@ class Loop:
         self.state.tokens_seen += int(totals["tokens"])
         metrics = {
             "train/loss": loss_value,
-            "train/lr": self.engine.optimizer.param_groups[0]["lr"],
+            "train/lr": self.scheduler.get_last_lr()[0],
             "train/grad_norm": grad_norm,
             "train/tokens_per_sec": totals["tokens"] / max(elapsed, 1e-9),
             "train/tokens_seen": float(self.state.tokens_seen),
@@ -209,7 +209,8 @@ class Loop:
     def run(self, crash_after_step: int | None = None) -> dict[str, float]:
         """Train from `state.step` to `total_steps`; returns the final eval (or train) metrics.
 
-        `crash_after_step` raises after that step (a fault-injection hook for resume tests).
+        `crash_after_step` raises after that step (fault injection for the resume and
+        rank-failure tests; see `fault_injection` in bigft/train.py).
         """
         if self.trainer.eval_at_start and self.state.base_eval is None:
             self.state.base_eval = self.evaluate()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigft.engine.checkpoint import latest_checkpoint, list_checkpoints
+from bigft.engine.checkpoint import latest_checkpoint, list_checkpoints, read_state
 from bigft.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -23,6 +23,9 @@ RESUMABLE_CHANGES = (
     "trainer.log_every",
     "trainer.progress_bar",
     "trainer.save_model",
+    # The split of the global batch may change with the world size (checked below).
+    "trainer.micro_batch_size",
+    "trainer.grad_accum",
     "data.max_eval_examples",
     "task.eval_generate",
     "task.max_new_tokens",
@@ -53,7 +56,22 @@ def config_changes(saved: DictConfig, current: DictConfig) -> list[str]:
     return changed
 
 
-def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
+def _check_global_batch(cfg: DictConfig, checkpoint: Path, world_size: int) -> None:
+    """A resumed run may split its global batch differently, never change its size."""
+    saved = OmegaConf.load(checkpoint.parent.parent / CONFIG_FILE).trainer
+    saved_world = read_state(checkpoint).get("world_size", 1)
+    before = saved.micro_batch_size * saved.grad_accum * saved_world
+    now = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum * world_size
+    if before != now:
+        raise ConfigError(
+            f"{checkpoint} was trained with a global batch of {before} (micro-batch "
+            f"{saved.micro_batch_size} × accumulation {saved.grad_accum} × {saved_world} ranks); "
+            f"this run's is {now}: set trainer.micro_batch_size × trainer.grad_accum × ranks "
+            f"to {before} to resume it"
+        )
+
+
+def resume_point(cfg: DictConfig, run_dir: Path, world_size: int = 1) -> Path | None:
     """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run."""
     resume = cfg.trainer.resume
     if resume not in ("auto", "never"):
@@ -75,6 +93,7 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> Path | None:
                 + "\n  ".join(changes)
                 + "\nuse name=<new name> for a new run, or undo these overrides to continue it"
             )
+        _check_global_batch(cfg, found, world_size)
     return found
 
 

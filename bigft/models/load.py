@@ -161,6 +161,19 @@ def _auto_class(head: str) -> Any:
     raise ConfigError(f"unknown model head {head!r}: expected one of {HEADS}")
 
 
+def keep_4bit_layout_stable(model: torch.nn.Module) -> None:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
+
+    On CPUs with AVX512-BF16, a Linear4bit in eval mode rewrites its packed weight in place into
+    another layout on first use. During training that breaks what relies on the stored layout:
+    ZeRO-3 shards and gathers the storage, checkpoints and exports save it. Training and eval
+    then both use the ordinary 4-bit kernels.
+    """
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def load_model(
     model_cfg: Any,
     method_cfg: Any,
@@ -204,6 +217,8 @@ def load_model(
     model = _hub_call(
         source, "model", _auto_class(head).from_pretrained, source, config=config, **kwargs
     )
+    if quant is not None:
+        keep_4bit_layout_stable(model)
     if model_cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     return model

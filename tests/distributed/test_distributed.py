@@ -1,0 +1,180 @@
+"""Multi-process training for real: 2 ranks over gloo on the CPU, DDP and DeepSpeed ZeRO.
+
+Each 2-rank run must reproduce the one-process run on the same global batch (fp32, no dropout):
+the distributed modes change where the work happens, never what is computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+
+from bigft.config import compose_config
+from bigft.engine.checkpoint import latest_checkpoint
+from bigft.errors import ConfigError
+from bigft.train import train
+from tests.integration.runs import read_metrics, train_losses, train_overrides
+
+pytestmark = pytest.mark.distributed
+
+# Dropout off: two ranks draw different dropout masks than one process would.
+EXACT = ["method.dropout=0", "optim.scheduler=cosine", "trainer.max_steps=3"]
+QLORA_ZERO3 = ["method.quant_storage=fp32", "method.compute_dtype=fp32"]
+
+
+def run_ranks(
+    overrides: list[str], *, nproc: int = 2, env: dict[str, str] | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`bigft-train ... launcher.nproc_per_node=N`, as a user types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "bigft.train", *overrides, f"launcher.nproc_per_node={nproc}"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+
+
+def config(tmp_path, model_dir, method, mode, *extra):
+    base = train_overrides(tmp_path, model_dir, "sft", method)
+    return [*base, f"distributed={mode}", *EXACT, *extra]
+
+
+@pytest.mark.parametrize(
+    ("method", "mode", "extra"),
+    [
+        ("full", "zero3", []),
+        ("lora", "zero3", []),
+        ("qlora", "zero3", QLORA_ZERO3),
+        ("full", "zero2", []),
+        ("full", "ddp", []),
+    ],
+)
+def test_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, method, mode, extra):
+    two = config(tmp_path, tiny_llama_dir, method, mode, *extra, "trainer.micro_batch_size=2")
+    ok(run_ranks([*two, "name=two"]))
+    one = config(tmp_path, tiny_llama_dir, method, "single", *extra, "trainer.micro_batch_size=4")
+    train(compose_config([*one, "name=one"]))
+    out = tmp_path / "outputs"
+    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
+    assert list(two_losses) == [1, 2, 3]
+    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
+    assert read_metrics(out / "two")[-1]["eval/loss"] == pytest.approx(
+        read_metrics(out / "one")[-1]["eval/loss"], rel=1e-5
+    )
+    _same_outputs(out / "two" / "model", out / "one" / "model", tiny_llama_dir, method)
+
+
+def _logits(model_dir: Path, base_dir: Path, method: str) -> torch.Tensor:
+    """Load a run's output with plain transformers / peft, as a user would."""
+    if method in ("lora", "qlora"):
+        base = AutoModelForCausalLM.from_pretrained(base_dir)
+        model = PeftModel.from_pretrained(base, model_dir)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    ids = torch.tensor([[1, 5, 9, 13, 17, 21]])
+    with torch.no_grad():
+        return model.eval()(input_ids=ids).logits
+
+
+def _same_outputs(two: Path, one: Path, base_dir: Path, method: str) -> None:
+    weights = sum(f.stat().st_size for f in two.glob("*.safetensors"))
+    assert weights > 10_000, f"{two} holds only {weights} bytes of weights"
+    if method == "qlora":
+        # Loading a QLoRA adapter over a 4-bit base is export's job (tests/unit); here the
+        # adapter tensors must equal the one-process run's.
+        from safetensors.torch import load_file
+
+        a, b = (
+            load_file(two / "adapter_model.safetensors"),
+            load_file(one / "adapter_model.safetensors"),
+        )
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4)
+        return
+    torch.testing.assert_close(_logits(two, base_dir, method), _logits(one, base_dir, method))
+
+
+def test_zero3_builds_the_model_sharded_and_each_rank_holds_half(tmp_path, tiny_llama_dir):
+    overrides = config(tmp_path, tiny_llama_dir, "full", "zero3")
+    probe = Path(__file__).with_name("probe_shards.py")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(probe),
+            str(tmp_path),
+            *overrides,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    ok(result)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 10
+    for name, (held, full, at_load) in ranks[0].items():
+        assert at_load, f"{name} was loaded whole, not sharded at load time"
+        assert held == math.ceil(full / 2), (name, held, full)
+        assert ranks[1][name][0] == held
+
+
+def test_killed_two_rank_run_resumes_to_the_uninterrupted_losses(tmp_path, tiny_llama_dir):
+    common = config(tmp_path, tiny_llama_dir, "lora", "zero3", "trainer.micro_batch_size=2")
+    common = [*common, "trainer.max_steps=6", "trainer.save_every=2"]
+    ok(run_ranks([*common, "name=whole"]))
+    crashed = run_ranks([*common, "name=broken"], env={"BIGFT_CRASH_AFTER_STEP": "3"})
+    assert crashed.returncode != 0
+    out = tmp_path / "outputs"
+    assert latest_checkpoint(out / "broken").name == "step_00000002"
+    ok(run_ranks([*common, "name=broken"]))
+    resumed = train_losses(out / "broken")
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    assert resumed == pytest.approx(train_losses(out / "whole"), rel=1e-5)
+
+
+def test_adapter_resumes_on_another_world_size_full_zero3_refuses(tmp_path, tiny_llama_dir):
+    lora = config(tmp_path, tiny_llama_dir, "lora", "zero3", "trainer.micro_batch_size=2")
+    lora = [*lora, "trainer.max_steps=4", "trainer.save_every=2", "name=lora"]
+    crashed = run_ranks(lora, env={"BIGFT_CRASH_AFTER_STEP": "3"})
+    assert crashed.returncode != 0
+    # The same global batch on one rank: micro-batch 4.
+    ok(run_ranks([*lora, "trainer.micro_batch_size=4"], nproc=1))
+    losses = train_losses(tmp_path / "outputs" / "lora")
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+
+    full = config(tmp_path, tiny_llama_dir, "full", "zero3", "trainer.micro_batch_size=2")
+    full = [*full, "trainer.max_steps=4", "trainer.save_every=2", "name=full"]
+    assert run_ranks(full, env={"BIGFT_CRASH_AFTER_STEP": "3"}).returncode != 0
+    with pytest.raises(ConfigError, match="resumes only with 2 ranks"):
+        train(compose_config([*full, "trainer.micro_batch_size=4"]))
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(tmp_path, tiny_llama_dir):
+    overrides = config(tmp_path, tiny_llama_dir, "full", "zero3", "trainer.micro_batch_size=2")
+    overrides = [*overrides, "trainer.max_steps=50", "distributed.timeout_minutes=1"]
+    result = run_ranks(
+        overrides, env={"BIGFT_CRASH_AFTER_STEP": "2", "BIGFT_CRASH_RANK": "1"}, timeout=240
+    )
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    # The failing rank's own error reaches the user (not only the other rank's lost connection).
+    assert "simulated crash after step 2" in output
+    assert "bigft: error: the 2-process job failed" in result.stderr

@@ -198,7 +198,7 @@ def test_bitsandbytes_optimizers_train_qlora(make_cfg, optimizer):
 def test_resume_may_split_the_global_batch_differently_but_not_resize_it(make_cfg):
     cfg = make_cfg("lm", "full", "trainer.save_every=1", "trainer.micro_batch_size=2")
     train(cfg)
-    with pytest.raises(ConfigError, match="global batch of 2 .* this run's is 4"):
+    with pytest.raises(ConfigError, match=r"global batch of 2 .* this run's is 4"):
         train(make_cfg("lm", "full", "trainer.save_every=1", "trainer.micro_batch_size=4"))
     more = ("trainer.micro_batch_size=1", "trainer.grad_accum=2", "trainer.max_steps=3")
     train(make_cfg("lm", "full", "trainer.save_every=1", *more))

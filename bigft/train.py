@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -111,16 +112,25 @@ def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path,
     adapter = cfg.method.name in ("lora", "qlora", "prefix")
     # Collectives: every rank takes part in gathering ZeRO-3 shards.
     state = engine.trainable_state() if adapter else engine.consolidated_state()
-    if env.is_main:
+    # peft saves a prefix by running its prompt encoder, a forward that under ZeRO-3 gathers
+    # shards: every rank must run it, though only rank 0's copy is kept.
+    all_ranks_save = engine.shards_parameters and cfg.method.name == "prefix"
+    if env.is_main or all_ranks_save:
+        out_dir = run_dir / MODEL_SUBDIR
+        if not env.is_main:
+            out_dir = run_dir / f".discard-rank{env.rank}"
         out = save_final(
             engine.module,
             tokenizer,
-            run_dir / MODEL_SUBDIR,
+            out_dir,
             method=cfg.method.name,
             base_path=cfg.model.path,
             state_dict=state if engine.shards_parameters else None,
         )
-        log.info("saved %s", out)
+        if env.is_main:
+            log.info("saved %s", out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
     barrier()
 
 

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
 from bigft.errors import ConfigError
+
+# Environment variables init_process_group set for a one-process DeepSpeed group.
+_SET_BY_US: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -69,11 +73,19 @@ def init_process_group(
     # DeepSpeed needs a process group even for one rank (e.g. ZeRO-3 offload on one GPU).
     if (not env.distributed and not deepspeed) or dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29500")
-    os.environ.setdefault("RANK", str(env.rank))
-    os.environ.setdefault("WORLD_SIZE", str(env.world_size))
-    os.environ.setdefault("LOCAL_RANK", str(env.local_rank))
+    defaults = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "RANK": str(env.rank),
+        "WORLD_SIZE": str(env.world_size),
+        "LOCAL_RANK": str(env.local_rank),
+    }
+    for name, value in defaults.items():
+        if name not in os.environ:
+            os.environ[name] = value
+            # Undone on close: a later run in this process (or a child it starts) must not
+            # mistake itself for a rank of this job.
+            _SET_BY_US.append(name)
     if backend == "auto":
         backend = "nccl" if env.device.type == "cuda" else "gloo"
     timeout = datetime.timedelta(minutes=timeout_minutes)
@@ -90,3 +102,11 @@ def init_process_group(
 def close_process_group() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
+    while _SET_BY_US:
+        os.environ.pop(_SET_BY_US.pop(), None)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 
 
 def is_worker() -> bool:
-    """Started by torchrun, deepspeed or srun (which set these), not by the user directly."""
-    return any(name in os.environ for name in ("LOCAL_RANK", "SLURM_PROCID"))
+    """Started as one rank by torchrun or deepspeed (which set LOCAL_RANK), not by the user."""
+    return "LOCAL_RANK" in os.environ
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

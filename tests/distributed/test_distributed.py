@@ -178,3 +178,44 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path, tiny_llama_dir):
     # The failing rank's own error reaches the user (not only the other rank's lost connection).
     assert "simulated crash after step 2" in output
     assert "bigft: error: the 2-process job failed" in result.stderr
+
+
+METHODS = ["full", "freeze", "lora", "qlora", "prefix"]
+MODES = ["ddp", "zero1", "zero2", "zero3", "zero3_offload"]
+# What the libraries cannot do is refused at start-up, with the reason.
+REFUSED = {("qlora", "zero3_offload"): "CPU offload with a 4-bit base"}
+
+
+def _method_extra(method: str) -> list[str]:
+    return QLORA_ZERO3 if method == "qlora" else []
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_under_every_mode(tmp_path, tiny_llama_dir, method, mode):
+    overrides = [
+        *config(tmp_path, tiny_llama_dir, method, mode, *_method_extra(method)),
+        "trainer.micro_batch_size=2",
+        "trainer.max_steps=1",
+    ]
+    if (method, mode) in REFUSED:
+        with pytest.raises(ConfigError, match=REFUSED[method, mode]):
+            train(compose_config(overrides))
+        return
+    ok(run_ranks(overrides))
+    run_dir = Path(compose_config(overrides).output_dir)
+    assert math.isfinite(train_losses(run_dir)[1])
+    assert (run_dir / "model" / "bigft_output.json").is_file()
+
+
+@pytest.mark.parametrize("task", ["lm", "classify", "reward"])
+def test_every_task_trains_under_zero3(tmp_path, tiny_llama_dir, task):
+    overrides = [
+        *train_overrides(tmp_path, tiny_llama_dir, task, "lora"),
+        "distributed=zero3",
+        "trainer.micro_batch_size=2",
+        "trainer.max_steps=1",
+    ]
+    ok(run_ranks(overrides))
+    metrics = read_metrics(Path(compose_config(overrides).output_dir))
+    assert math.isfinite(metrics[0]["train/loss"]) and math.isfinite(metrics[-1]["eval/loss"])

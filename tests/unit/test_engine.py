@@ -132,3 +132,16 @@ def test_checkpoints_keep_last_k_and_ignore_incomplete_writes(tmp_path):
     (tmp_path / "checkpoints" / "step_00000010").mkdir()
     assert latest_checkpoint(tmp_path).name == "step_00000006"
     assert json.loads((latest_checkpoint(tmp_path) / "state.json").read_text())["step"] == 6
+
+
+def test_one_process_deepspeed_group_leaves_no_rank_variables_behind():
+    import os
+
+    from bigft.distributed.env import close_process_group, init_process_group
+
+    before = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT")}
+    init_process_group(DistEnv(), "gloo", 1, deepspeed=True)
+    assert os.environ["WORLD_SIZE"] == "1"
+    close_process_group()
+    # A child started later (e.g. by launcher.nproc_per_node) must not look like a rank.
+    assert {k: os.environ.get(k) for k in before} == before

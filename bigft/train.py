@@ -158,10 +158,10 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
         log.info("run directory: %s", run_dir)
+    ensure_model(cfg.model, can_build=not env.distributed)
     seed_everything(cfg.trainer.seed)
     ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
 
-    ensure_model(cfg.model, can_build=not env.distributed)
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.task, tokenizer)
     # Weights are placed at load time: a 4-bit base is quantized straight onto its GPU.

@@ -1,0 +1,43 @@
+"""bigft's embedded demo: instruction tuning that visibly works, on a laptop CPU, offline.
+
+`bigft-train` with no overrides (`make demo`) fine-tunes a tiny Llama with LoRA on the bundled
+instruction set and prints its exact match on held-out questions next to the base model's.
+
+The world. The bundled data (`python -m bigft.demo.make_data` regenerates it) describes 120
+invented creatures ("mitu", "zovas", ...), each with a color, a food and a home, one of eight
+values each. Three files, all in data/:
+
+- corpus.jsonl: 1,200 short "field notes" pages in prose. Each creature is described on 20
+  pages, every fact worded one of three ways, in a random order ("The mitu is gray.",
+  "A mitu feeds on seeds.", "You find the mitu in the cave."). No questions, no answers,
+  no "### Instruction" format anywhere.
+- instructions_train.jsonl: questions about 80 of the creatures, two wordings per attribute
+  ("What color is the dibro?" / "Which color does the dibro have?"), answered in one word.
+- instructions_eval.jsonl: one question per fact of the other 40 creatures. No eval question,
+  and no question of any kind about those creatures, is in the tuning set; their facts are only
+  in the corpus.
+
+The demo. The base model is pre-trained from scratch on the corpus by bigft itself (`task=lm`,
+`experiment=demo_base_pretrain`, base.py), so it knows the facts as prose: prompted with "The
+brafu lives in the" it continues "forest", for 116 of the 120 held-out facts. Given
+"### Instruction:\\nWhere does the brafu live?\\n\\n### Response:\\n" it does not answer; it goes
+on writing field notes ("forest: a place.") and scores 0% exact match. LoRA tuning on questions
+about the 80 other creatures teaches the behaviour, not the facts: read the question, answer in
+one word, stop. On the 40 held-out creatures it is then right about 90% of the time (92.5 with
+the default seed, 90.0 and 94.2 with seeds 1 and 2, at lr 1e-3 x 400 steps of 16). The same
+tuning of an untrained model of the same shape scored 9% in the prototype, near the 1-in-8 of
+a model that learnt only the answer format: the gain is knowledge from pre-training that tuning
+makes answerable, which is what instruction tuning does for real models.
+
+Why this design and not others (measured with a prototype on 2 CPU cores):
+
+- Facts about single-token entities are learnt fast by a 2-layer model and retrieved well by
+  LoRA. In-context skills (reverse a list, pick the fruit out of a list, first word) needed the
+  base to have learnt copying, which a tiny model does not do within a minute or two of CPU.
+- Several wordings per fact and random sentence order make the model store a fact with the
+  creature rather than memorise sentences; that is what lets a question retrieve it.
+- Each page ends with a glossary ("yellow: a color.") so that every answer word also occurs at
+  the start of a line, as it does after "### Response:\\n". See make_data.corpus_pages.
+- The tokenizer has no chat template, so bigft's default alpaca prompt_template is used: the
+  format the base model has never seen, which is the point of the demo.
+"""

@@ -267,6 +267,8 @@ def _configure_logging() -> None:
 def _hydra_main(cfg: DictConfig) -> float | None:
     _configure_logging()
     try:
+        # A config mistake is reported once, before any rank starts.
+        validate(cfg)
         if relaunch_if_needed(cfg):
             return None
         if int(os.environ.get("RANK", "0")) == 0:

@@ -219,3 +219,11 @@ def test_every_task_trains_under_zero3(tmp_path, tiny_llama_dir, task):
     ok(run_ranks(overrides))
     metrics = read_metrics(Path(compose_config(overrides).output_dir))
     assert math.isfinite(metrics[0]["train/loss"]) and math.isfinite(metrics[-1]["eval/loss"])
+
+
+def test_a_config_mistake_is_reported_once_before_any_rank_starts(tmp_path, tiny_llama_dir):
+    overrides = [*config(tmp_path, tiny_llama_dir, "qlora", "zero3_offload"), "method.bits=3"]
+    result = run_ranks(overrides)
+    assert result.returncode == 2
+    assert result.stderr.count("bigft: error: method.bits=3") == 1
+    assert "torch.distributed.run" not in result.stdout + result.stderr

@@ -164,8 +164,9 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
 
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.task, tokenizer)
-    # Weights are placed at load time: a 4-bit base is quantized straight onto its GPU.
-    on_gpu = env.device if env.device.type == "cuda" else None
+    # Weights are placed at load time (a 4-bit base is quantized straight onto its GPU), except
+    # under ZeRO-3, where DeepSpeed places the shards it builds.
+    on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
     with sharded_loading(ds_config):
         model = load_model(
             cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu

@@ -30,14 +30,18 @@ class TrainingError(BigftError):
 
 
 def exit_on_user_error(fn: F) -> F:
-    """Wrap an entry point so that a BigftError prints `bigft: error: ...` and exits 2."""
+    """Wrap an entry point so that a BigftError prints `bigft: error: ...` and exits 2.
+
+    Goes under @hydra.main, which would print a traceback for any exception leaving the
+    function; SystemExit passes through it.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except BigftError as err:
-            print(f"bigft: error: {err}", file=sys.stderr)
+            print(f"bigft: error: {err}", file=sys.stderr, flush=True)
             sys.exit(USER_ERROR_EXIT)
 
     return wrapper  # type: ignore[return-value]

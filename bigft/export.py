@@ -11,7 +11,6 @@ quantized base, not the adapter on the original full-precision base.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from omegaconf import MISSING, DictConfig
 
 from bigft.config import CONF_DIR, typed_config
 from bigft.config.schema import DType
-from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError
+from bigft.errors import ConfigError, exit_on_user_error
 from bigft.outputs import (
     MERGED_SUBDIR,
     MODEL_SUBDIR,
@@ -83,14 +82,10 @@ def export_merged(run_dir: Path | str, output_dir: Path | str, dtype: str | None
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        cfg = typed_config(cfg, ExportConfig)
-        out = export_merged(cfg.run, cfg.output, cfg.dtype)
-    except BigftError as err:
-        # @hydra.main would print a traceback for any exception that leaves this function.
-        print(f"bigft: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+    cfg = typed_config(cfg, ExportConfig)
+    out = export_merged(cfg.run, cfg.output, cfg.dtype)
     print(f"merged model written to {out}", flush=True)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from omegaconf import MISSING, DictConfig
 
 from bigft.config import CONF_DIR, typed_config
-from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError, DataError
+from bigft.errors import ConfigError, DataError, exit_on_user_error
 from bigft.export import output_dir_of
 from bigft.models.decode import complete_ids
 from bigft.outputs import MERGED_SUBDIR, load_output, read_metadata
@@ -128,24 +127,20 @@ def generate(
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base="1.3")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        cfg = typed_config(cfg, GenerateConfig)
-        prompts = read_prompts(cfg.prompt, cfg.prompts_file)
-        completions = generate(
-            cfg.run,
-            prompts,
-            max_new_tokens=cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            merged=cfg.merged,
-            chat=cfg.chat,
-            seed=cfg.seed,
-        )
-    except BigftError as err:
-        # @hydra.main would print a traceback for any exception that leaves this function.
-        print(f"bigft: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+    cfg = typed_config(cfg, GenerateConfig)
+    prompts = read_prompts(cfg.prompt, cfg.prompts_file)
+    completions = generate(
+        cfg.run,
+        prompts,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        merged=cfg.merged,
+        chat=cfg.chat,
+        seed=cfg.seed,
+    )
     for prompt, completion in zip(prompts, completions, strict=True):
         print(f"### prompt\n{prompt}\n### completion\n{completion}\n", flush=True)
 

@@ -33,7 +33,7 @@ from bigft.engine.checkpoint import load_trainable_weights, load_training_state,
 from bigft.engine.loop import Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.resume import resume_point, save_config
-from bigft.errors import USER_ERROR_EXIT, BigftError, ConfigError
+from bigft.errors import ConfigError, exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
@@ -265,20 +265,16 @@ def _configure_logging() -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float | None:
     _configure_logging()
-    try:
-        # A config mistake is reported once, before any rank starts.
-        validate(cfg)
-        if relaunch_if_needed(cfg):
-            return None
-        if int(os.environ.get("RANK", "0")) == 0:
-            print(compact_config(cfg), flush=True)
-        metrics = train(cfg, crash_after_step=fault_injection())
-    except BigftError as err:
-        # A user mistake: the message says what to change; a traceback would only hide it.
-        print(f"bigft: error: {err}", file=sys.stderr, flush=True)
-        sys.exit(USER_ERROR_EXIT)
+    # A config mistake is reported once, before any rank starts.
+    validate(cfg)
+    if relaunch_if_needed(cfg):
+        return None
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(compact_config(cfg), flush=True)
+    metrics = train(cfg, crash_after_step=fault_injection())
     return metrics.get("eval/loss", metrics.get("train/loss"))
 
 

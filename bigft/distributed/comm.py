@@ -26,12 +26,3 @@ def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
 def barrier() -> None:
     if active():
         dist.barrier()
-
-
-def broadcast_object(obj: object) -> object:
-    """Rank 0's `obj` on every rank."""
-    if not active():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

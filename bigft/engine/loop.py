@@ -25,9 +25,6 @@ from bigft.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-# Batch entries that describe the batch rather than feed the model.
-BOOKKEEPING_KEYS = ("num_units", "num_tokens")
-
 
 @dataclass
 class LoopState:

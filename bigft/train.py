@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,34 +60,31 @@ def total_steps(cfg: DictConfig, plan: BatchPlan) -> int:
     return plan.steps_per_epoch * cfg.trainer.epochs
 
 
-def sharded_loading(ds_config: dict[str, Any] | None) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def sharded_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
     """Under ZeRO-3, build the model already partitioned (never whole on one rank).
 
     transformers' from_pretrained consults a global HfDeepSpeedConfig; it must stay alive while
     the model loads.
     """
     if zero_stage(ds_config) < 3:
-        return contextlib.nullcontext()
+        yield
+        return
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
-    @contextlib.contextmanager
-    def active():
-        keep_alive = HfDeepSpeedConfig(ds_config)
-        try:
-            yield keep_alive
-        finally:
-            unset_hf_deepspeed_config()
-
-    return active()
+    keep_alive = HfDeepSpeedConfig(ds_config)  # noqa: F841 (held for from_pretrained)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
 
 
-def restore_weights(checkpoint: Path | None, model: torch.nn.Module, env: DistEnv, sharded: bool):
+def restore_weights(
+    checkpoint: Path, saved_world: int, model: torch.nn.Module, env: DistEnv, sharded: bool
+) -> bool:
     """Portable weights go in before the engine exists; returns whether the engine's own
     (optimizer or ZeRO) state can be restored too."""
-    if checkpoint is None:
-        return False
-    saved_world = read_state(checkpoint).get("world_size", 1)
     if not sharded or saved_world == env.world_size:
         if not sharded:
             load_trainable_weights(checkpoint, model)
@@ -186,7 +184,11 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
     plan.check()
     steps = total_steps(cfg, plan)
 
-    resume_engine_state = restore_weights(checkpoint, model, env, sharded=ds_config is not None)
+    saved = read_state(checkpoint) if checkpoint is not None else None
+    saved_world = saved.get("world_size", 1) if saved else env.world_size
+    resume_engine_state = saved is not None and restore_weights(
+        checkpoint, saved_world, model, env, sharded=ds_config is not None
+    )
     optimizer = build_optimizer(model, cfg.optim)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
@@ -195,15 +197,16 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
     # on its param groups, so the schedule drives the optimizer bigft built.
     scheduler = build_scheduler(optimizer, cfg.optim, steps)
     state = LoopState()
-    if checkpoint is not None:
+    if saved is not None:
         load_training_state(
             checkpoint,
             engine=engine,
             scheduler=scheduler,
             env=env,
+            saved_world=saved_world,
             with_sharded=resume_engine_state,
         )
-        state = LoopState.from_dict(read_state(checkpoint))
+        state = LoopState.from_dict(saved)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
     tracker = start_tracking(cfg, run_dir, is_main=env.is_main, wandb_id=state.wandb_id)

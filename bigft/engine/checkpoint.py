@@ -148,11 +148,11 @@ def load_training_state(
     engine: Engine,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     env: DistEnv,
+    saved_world: int,
     with_sharded: bool,
 ) -> None:
     """Optimizer (or DeepSpeed's shards), schedule and this rank's RNG, after the engine exists."""
     if with_sharded:
         engine.load_sharded(path)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    saved_world = read_state(path).get("world_size", 1)
     _set_rng_state(torch.load(path / rng_file(env.rank % saved_world), weights_only=False))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigft.engine.checkpoint import latest_checkpoint, list_checkpoints, read_state
+from bigft.engine.checkpoint import list_checkpoints, read_state
 from bigft.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
@@ -56,9 +56,11 @@ def config_changes(saved: DictConfig, current: DictConfig) -> list[str]:
     return changed
 
 
-def _check_global_batch(cfg: DictConfig, checkpoint: Path, world_size: int) -> None:
+def _check_global_batch(
+    cfg: DictConfig, saved_cfg: DictConfig, checkpoint: Path, world_size: int
+) -> None:
     """A resumed run may split its global batch differently, never change its size."""
-    saved = OmegaConf.load(checkpoint.parent.parent / CONFIG_FILE).trainer
+    saved = saved_cfg.trainer
     saved_world = read_state(checkpoint).get("world_size", 1)
     before = saved.micro_batch_size * saved.grad_accum * saved_world
     now = cfg.trainer.micro_batch_size * cfg.trainer.grad_accum * world_size
@@ -84,16 +86,17 @@ def resume_point(cfg: DictConfig, run_dir: Path, world_size: int = 1) -> Path | 
                 "trainer.resume=auto, start a new run with name=<new name>, or delete it"
             )
         return None
-    found = latest_checkpoint(run_dir)
+    found = existing[-1] if existing else None
     if found and (run_dir / CONFIG_FILE).is_file():
-        changes = config_changes(OmegaConf.load(run_dir / CONFIG_FILE), cfg)
+        saved_cfg = OmegaConf.load(run_dir / CONFIG_FILE)
+        changes = config_changes(saved_cfg, cfg)
         if changes:
             raise ConfigError(
                 f"{run_dir} holds a run with a different configuration; it cannot be resumed:\n  "
                 + "\n  ".join(changes)
                 + "\nuse name=<new name> for a new run, or undo these overrides to continue it"
             )
-        _check_global_batch(cfg, found, world_size)
+        _check_global_batch(cfg, saved_cfg, found, world_size)
     return found
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -160,8 +161,10 @@ def test_metrics_and_config_are_written_to_the_run_directory(make_cfg):
     assert train_keys <= set(metrics[1])
     assert "eval/loss" in metrics[0] and metrics[0]["step"] == 0  # the base model's eval
     assert "eval/loss" in metrics[-1]
-    assert "optim:" not in (run_dir / "config.yaml").read_text().split("\n")[0]
-    assert "lr: 0.001" in (run_dir / "config.yaml").read_text()
+    # The saved config is the resolved config that ran.
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    assert saved == OmegaConf.to_container(cfg, resolve=True)
+    assert saved["optim"]["lr"] == 0.001
 
 
 def test_wandb_offline_run_is_written_and_resumed_under_the_same_id(make_cfg, monkeypatch):
@@ -191,8 +194,8 @@ def test_bitsandbytes_optimizers_train_qlora(make_cfg, optimizer):
     cfg = make_cfg("sft", "qlora", f"optim={optimizer}", "trainer.max_steps=3")
     metrics = train(cfg)
     assert math.isfinite(metrics["train/loss"])
-    losses = list(train_losses(Path(cfg.output_dir)).values())
-    assert losses[-1] != losses[0]  # the optimizer moved the adapter
+    # LoRA's B starts at zero: non-zero B in the saved adapter means the optimizer stepped.
+    _check_what_trained("qlora", "sft", Path(cfg.output_dir), base_dir=Path())
 
 
 def test_resume_may_split_the_global_batch_differently_but_not_resize_it(make_cfg):

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from bigft.config import compose_config
-from bigft.distributed import discover, init_process_group
+from bigft.distributed import close_process_group, discover, init_process_group
+from bigft.distributed.comm import barrier
 from bigft.distributed.deepspeed_config import build_deepspeed_config
 from bigft.distributed.engine import build_engine
 from bigft.engine.optim import build_optimizer
@@ -35,6 +36,10 @@ def main(out_dir: str, overrides: list[str]) -> None:
         for n, p in engine.module.named_parameters()
     }
     Path(out_dir, f"rank{env.rank}.json").write_text(json.dumps(held))
+    # Leave the group together, as bigft's train() does: a rank that exits while the other
+    # still has collectives (or DeepSpeed's comm threads) in flight aborts at interpreter exit.
+    barrier()
+    close_process_group()
 
 
 if __name__ == "__main__":

@@ -78,6 +78,7 @@ class DistributedName(_Choice):
 
 class LauncherName(_Choice):
     local = "local"
+    slurm = "slurm"
 
 
 class LoggerName(_Choice):
@@ -99,6 +100,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Build the model at `path` when it is missing: "demo_base" pre-trains bigft's toy Llama.
     build_if_missing: str | None = None
+    # The model's HF config (config.json keys) when no weights are at hand: bigft-plan reads it
+    # instead of `path`/config.json, so planning a 65B run needs neither weights nor a GPU.
+    shape: dict[str, Any] | None = None
 
 
 @dataclass
@@ -143,6 +147,8 @@ class TaskConfig:
     max_new_tokens: int = 32
     # classify: the label set, in order (index = class id).
     labels: list[str] = field(default_factory=list)
+    # lm / sft: pack several examples into each max_length row (no attention across them).
+    packing: bool = False
 
 
 @dataclass
@@ -217,7 +223,35 @@ class DistributedConfig:
 @dataclass
 class LauncherConfig:
     name: LauncherName = LauncherName.local
+    # Ranks per node: one process per GPU (or per CPU slot on a CPU-only machine).
     nproc_per_node: int = 1
+    nodes: int = 1
+    # GPUs requested per node (slurm) and the memory of each, which bigft-plan checks against.
+    gpus_per_node: int = 0
+    gpu_memory_gb: float = 80.0
+    # slurm: the allocation. None leaves a directive out (the cluster's default applies).
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    time: str = "04:00:00"
+    cpus_per_task: int = 1
+    mem: str | None = None  # per node, as sbatch --mem takes it ("0": all of it)
+    exclusive: bool = False
+    job_name: str = "bigft-${name}"
+    # Extra "#SBATCH ..." lines, verbatim, and shell lines run before training
+    # (module load, conda activate, a container wrapper's set-up, exports).
+    sbatch_extra: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    # Preemption: Slurm sends `signal` this many seconds before the time limit; bigft
+    # checkpoints, requeues the job and exits. It resumes at most `max_requeues` times.
+    signal: str = "USR1"
+    signal_lead_seconds: int = 300
+    max_requeues: int = 3
+    # Print the sbatch script and submit nothing.
+    dry_run: bool = False
+    # Submit even when bigft-plan says the job does not fit in GPU memory.
+    force: bool = False
 
 
 @dataclass

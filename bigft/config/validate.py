@@ -46,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
     )
     _validate_distributed(cfg)
     _validate_combination(cfg)
+    _validate_packing(cfg)
 
 
 def _check_schema(cfg: DictConfig) -> None:
@@ -120,3 +121,19 @@ def _validate_combination(cfg: DictConfig) -> None:
             import bitsandbytes  # noqa: F401
         except ImportError as err:
             raise ConfigError(f"optim.name={cfg.optim.name} needs bitsandbytes: {err}") from err
+
+
+def _validate_packing(cfg: DictConfig) -> None:
+    if not cfg.task.packing:
+        return
+    if cfg.task.name not in ("lm", "sft"):
+        raise ConfigError(
+            f"task.packing=true with task={cfg.task.name}: packing applies to task=lm and task=sft "
+            "only (a classifier or reward head reads one sequence per row); remove task.packing"
+        )
+    if cfg.method.name == "prefix":
+        raise ConfigError(
+            "task.packing=true with method=prefix: prefix tuning hands its virtual tokens to the "
+            "model as a KV cache, and with a cache transformers does not keep packed examples "
+            "from attending to each other; use method=lora, or task.packing=false"
+        )

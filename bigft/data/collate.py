@@ -60,4 +60,16 @@ def collate_causal(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]
     labels = pad_right([ex.get("labels", ex["input_ids"]) for ex in examples], IGNORE_INDEX)
     batch["labels"] = labels
     batch["num_units"] = (labels[:, 1:] != IGNORE_INDEX).sum()
+    if "position_ids" in examples[0]:
+        # Packed rows (bigft/data/packing.py): attention follows the position ids, which restart
+        # at every example, so a 2-D mask must not be passed. The padding gets positions from 0
+        # too, which makes it a block of its own that no real token attends to.
+        batch["position_ids"] = pad_positions([ex["position_ids"] for ex in examples])
+        del batch["attention_mask"]
     return batch
+
+
+def pad_positions(rows: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Position ids padded on the right with 0, 1, 2, ... (a sequence of its own)."""
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([[*r, *range(width - len(r))] for r in rows], dtype=torch.long)

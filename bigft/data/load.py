@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from bigft.data.packing import fill_ratio, pack_examples
 from bigft.data.readers import Record, read_records, split_train_eval
 from bigft.data.tokenize import TokenizedData, cache_key, tokenize_records, tokenizer_fingerprint
 from bigft.tasks.base import Task
@@ -59,4 +60,21 @@ def load_examples(cfg: DictConfig, task: Task, tokenizer) -> tuple[list[dict], l
         evaluation = []
     train_examples = _tokenize(cfg, task, tokenizer, train, "train")
     eval_examples = _tokenize(cfg, task, tokenizer, evaluation, "eval") if evaluation else []
+    if cfg.task.packing:
+        train_examples = _pack(cfg, train_examples)
     return train_examples, eval_examples
+
+
+def _pack(cfg: DictConfig, examples: list[dict]) -> list[dict]:
+    """Training rows of packed examples. Evaluation stays unpacked: its loss would be the same
+    (packing changes no example's logits), its batches are small, and generation-based metrics
+    need one prompt per example."""
+    rows = pack_examples(examples, cfg.task.max_length, cfg.trainer.seed)
+    log.info(
+        "packing: %d examples → %d rows of ≤%d tokens (%.1f%% filled)",
+        len(examples),
+        len(rows),
+        cfg.task.max_length,
+        100 * fill_ratio(rows, cfg.task.max_length),
+    )
+    return rows

@@ -31,11 +31,14 @@ from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stag
 from bigft.distributed.engine import Engine, build_engine
 from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
-from bigft.engine.loop import Loop, LoopState
+from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.resume import resume_point, save_config
+from bigft.engine.stop import StopRequest
 from bigft.errors import ConfigError, exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
+from bigft.launch.slurm import submit
+from bigft.launch.slurm_job import in_job_step, run_rank
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.build import ensure_model
@@ -132,8 +135,13 @@ def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path,
     barrier()
 
 
-def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, float]:
-    """Run one training job described by `cfg`; returns the final metrics."""
+def train(
+    cfg: DictConfig, *, faults: Faults | None = None, stop: StopRequest | None = None
+) -> dict[str, float]:
+    """Run one training job described by `cfg`; returns the final metrics.
+
+    With `stop`, a signal it listens to ends the run early with a checkpoint: `Preempted`.
+    """
     validate(cfg)
     env = discover(cfg.distributed.name)
     init_process_group(
@@ -143,12 +151,14 @@ def train(cfg: DictConfig, *, crash_after_step: int | None = None) -> dict[str, 
         deepspeed=bool(cfg.distributed.deepspeed),
     )
     try:
-        return _train(cfg, env, crash_after_step)
+        return _train(cfg, env, faults, stop)
     finally:
         close_process_group()
 
 
-def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[str, float]:
+def _train(
+    cfg: DictConfig, env: DistEnv, faults: Faults | None, stop: StopRequest | None
+) -> dict[str, float]:
     # Every rank derives the same run directory from the config; only rank 0 writes to it.
     run_dir = Path(cfg.output_dir)
     checkpoint = resume_point(cfg, run_dir, env.world_size)
@@ -227,9 +237,10 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
         run_dir=run_dir,
         tracker=tracker,
         state=state,
+        stop=stop,
     )
     try:
-        metrics = loop.run(crash_after_step=crash_after_step)
+        metrics = loop.run(faults)
         if cfg.trainer.save_model:
             save_outputs(cfg, engine, tokenizer, run_dir, env)
         tracker.summary(metrics)
@@ -241,19 +252,23 @@ def _train(cfg: DictConfig, env: DistEnv, crash_after_step: int | None) -> dict[
     return metrics
 
 
-def fault_injection() -> int | None:
-    """BIGFT_CRASH_AFTER_STEP=N [BIGFT_CRASH_RANK=r]: fail after step N (on rank r only).
+def fault_injection() -> Faults:
+    """For tests of what users meet for real, from the environment:
 
-    For tests of what users meet for real: a job killed mid-run, or one rank dying.
+    BIGFT_CRASH_AFTER_STEP=N [BIGFT_CRASH_RANK=r]: fail after step N (on rank r only): a job
+    killed mid-run, or one rank dying. BIGFT_SLOW_STEP_SECONDS=s: pause after each step, so
+    that a test can signal a Slurm job in the middle of its run.
     """
     step = os.environ.get("BIGFT_CRASH_AFTER_STEP")
     rank = os.environ.get("BIGFT_CRASH_RANK")
-    if step is None or (rank is not None and rank != os.environ.get("RANK", "0")):
-        return None
-    return int(step)
+    crash = step is not None and (rank is None or rank == os.environ.get("RANK", "0"))
+    return Faults(
+        crash_after_step=int(step) if crash else None,
+        slow_step_seconds=float(os.environ.get("BIGFT_SLOW_STEP_SECONDS", "0")),
+    )
 
 
-def _configure_logging() -> None:
+def configure_logging() -> None:
     rank = int(os.environ.get("RANK", "0"))
     logging.basicConfig(
         # Other ranks only report problems; rank 0 tells the story.
@@ -270,14 +285,19 @@ def _configure_logging() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float | None:
-    _configure_logging()
+    configure_logging()
     # A config mistake is reported once, before any rank starts.
     validate(cfg)
+    if cfg.launcher.name == "slurm":
+        if in_job_step():  # an array task of a sweep (-m), started by the submitit launcher
+            return run_rank(cfg)
+        submit(cfg)
+        return None
     if relaunch_if_needed(cfg):
         return None
     if int(os.environ.get("RANK", "0")) == 0:
         print(compact_config(cfg), flush=True)
-    metrics = train(cfg, crash_after_step=fault_injection())
+    metrics = train(cfg, faults=fault_injection())
     return metrics.get("eval/loss", metrics.get("train/loss"))
 
 

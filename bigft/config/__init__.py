@@ -14,10 +14,55 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 DEMO_DATA_DIR = Path(__file__).resolve().parent.parent / "demo" / "data"
 
 
+def run_dir(output_root: str, name: str) -> str:
+    """`{output_root}/{name}`; in a Hydra sweep (-m), each job's own sweep directory instead,
+    so that the points of a sweep never share (and resume from) one run directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().runtime.output_dir)
+    return f"{output_root}/{name}"
+
+
+def sweep_subdir(sweep_dir: str, job_num: int) -> str:
+    """A sweep job's directory name from the values it sweeps ("optim.lr=0.001"), not from every
+    override (paths on the command line would nest directories); the job number as a fallback.
+
+    Which keys are swept is read from the sweep's own command line, saved in multirun.yaml.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        command_line = OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra.overrides.task
+        overrides = parser.parse_overrides(list(command_line))
+        swept = {o.key_or_group for o in overrides if o.is_sweep_override()}
+        mine = parser.parse_overrides(list(HydraConfig.get().overrides.task))
+    except Exception:  # no multirun.yaml (e.g. another sweeper): still a unique directory
+        return str(job_num)
+    name = ",".join(o.input_line for o in mine if o.key_or_group in swept)
+    return name.replace("/", "_") or str(job_num)
+
+
 def _register_resolvers() -> None:
-    # ${bigft_demo:instructions_train.jsonl} → a file bundled with bigft.
-    if not OmegaConf.has_resolver("bigft_demo"):
-        OmegaConf.register_new_resolver("bigft_demo", lambda name: str(DEMO_DATA_DIR / name))
+    from bigft.launch import sbatch_options
+
+    resolvers = {
+        # ${bigft_demo:instructions_train.jsonl} → a file bundled with bigft.
+        "bigft_demo": lambda name: str(DEMO_DATA_DIR / name),
+        "bigft_run_dir": run_dir,
+        "bigft_sweep_subdir": sweep_subdir,
+        # launcher.* → the submitit launcher's fields (conf/launcher/slurm.yaml).
+        "bigft_minutes": sbatch_options.time_minutes,
+        "bigft_mem_gb": sbatch_options.mem_gb,
+        "bigft_positive_or_none": sbatch_options.positive_or_none,
+        "bigft_sbatch_params": sbatch_options.submitit_parameters,
+    }
+    for name, resolver in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 _register_resolvers()

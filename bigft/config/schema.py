@@ -239,13 +239,18 @@ class LauncherConfig:
     mem: str | None = None  # per node, as sbatch --mem takes it ("0": all of it)
     exclusive: bool = False
     job_name: str = "bigft-${name}"
-    # Extra "#SBATCH ..." lines, verbatim, and shell lines run before training
-    # (module load, conda activate, a container wrapper's set-up, exports).
+    # More sbatch options, as on its command line (["--mail-type=END", "--reservation=x"]),
+    # and shell lines run before training (module load, conda activate, exports).
     sbatch_extra: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
-    # Preemption: Slurm sends `signal` this many seconds before the time limit; bigft
-    # checkpoints, requeues the job and exits. It resumes at most `max_requeues` times.
-    signal: str = "USR1"
+    # srun options for every task, e.g. a container: ["--container-image=/images/bigft.sqsh"].
+    srun_args: list[str] = field(default_factory=list)
+    # The Python that runs bigft on the nodes; None: the one submitting (a shared venv).
+    python: str | None = None
+    # Preemption: Slurm sends `signal` to every rank this many seconds before the time limit;
+    # bigft checkpoints, requeues the job and exits. It resumes at most `max_requeues` times.
+    # USR2, not USR1: some NCCL versions claimed SIGUSR1, and submitit (sweeps) sends USR2.
+    signal: str = "USR2"
     signal_lead_seconds: int = 300
     max_requeues: int = 3
     # Print the sbatch script and submit nothing.
@@ -270,7 +275,7 @@ class TrainConfig:
     # The run name: the run directory is `{output_root}/{name}`, so a rerun finds its checkpoints.
     name: str = MISSING
     output_root: str = "outputs"
-    output_dir: str = "${output_root}/${name}"
+    output_dir: str = "${bigft_run_dir:${output_root},${name}}"
     cache_dir: str = "${oc.env:BIGFT_CACHE,.cache/bigft}"
     model: ModelConfig = MISSING
     method: MethodConfig = MISSING

@@ -42,7 +42,7 @@ def read_records(
         records = [r for file in _data_files(path) for r in _read_file(file, str(file))]
     elif path.is_file():
         records = _read_file(path, spec)
-    elif _looks_like_path(spec):
+    elif looks_like_path(spec):
         raise DataError(f"data file not found: {spec}")
     else:
         records = _read_dataset(spec, subset, split)
@@ -74,7 +74,7 @@ def split_train_eval(
     return train, evals
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     # Hub names ("org/name") also contain "/", so only these mark a spec as meant to be local.
     return spec.endswith(SUFFIXES) or spec.startswith(("/", "./", "../", "~"))
 

@@ -1,7 +1,8 @@
 """Who am I in the job: rank, local rank, world size and device, read from the environment.
 
-torchrun and `deepspeed` set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; under `srun`
-only SLURM_* exist, so bigft derives the rest from them.
+torchrun and `deepspeed` set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; in a Slurm job,
+bigft sets them from SLURM_* first (bigft/launch/slurm_job.py). SLURM_* are not read here: the
+batch script of a 2-task job also sees SLURM_NTASKS=2, though it is one process.
 """
 
 from __future__ import annotations
@@ -45,10 +46,10 @@ def _env_int(*names: str, default: int) -> int:
 
 
 def discover(distributed_name: str) -> DistEnv:
-    """Read rank and world size from torchrun's or Slurm's variables."""
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    """Read rank and world size from torch.distributed's variables."""
+    world = _env_int("WORLD_SIZE", default=1)
+    rank = _env_int("RANK", default=0)
+    local_rank = _env_int("LOCAL_RANK", default=0)
     if world > 1 and distributed_name == "single":
         raise ConfigError(
             f"bigft was started as {world} processes but distributed=single runs one process; "

@@ -19,6 +19,7 @@ from bigft.distributed.comm import sum_across_ranks
 from bigft.distributed.engine import Engine
 from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import save_checkpoint
+from bigft.engine.stop import Preempted, StopRequest
 from bigft.errors import TrainingError
 from bigft.tasks.base import Task
 from bigft.tracking import Tracker
@@ -45,6 +46,16 @@ class LoopState:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Fault injection for tests of what users meet for real (see `fault_injection` in
+    bigft/train.py): a job killed after a step, and steps slow enough for a test to signal a
+    job in the middle of its run."""
+
+    crash_after_step: int | None = None
+    slow_step_seconds: float = 0.0
+
+
 @dataclass
 class Loop:
     """The pieces the loop drives, built by `bigft.train` in data-flow order."""
@@ -65,6 +76,8 @@ class Loop:
     run_dir: Path
     tracker: Tracker
     state: LoopState = field(default_factory=LoopState)
+    # Signals that ask the run to checkpoint and stop early (Slurm's warning before the end).
+    stop: StopRequest | None = None
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -198,17 +211,20 @@ class Loop:
         if self.env.is_main:
             log.info("checkpoint: %s", path)
 
+    def stop_agreed(self) -> bool:
+        """Whether any rank was asked to stop; every rank gets the same answer at one step."""
+        if self.stop is None or self.state.step >= self.total_steps:
+            return False
+        return sum_across_ranks({"stop": float(self.stop.requested)})["stop"] > 0
+
     def due(self, every: int) -> bool:
         return every > 0 and self.state.step % every == 0 and self.state.step < self.total_steps
 
     # ---- the loop -------------------------------------------------------------------------
 
-    def run(self, crash_after_step: int | None = None) -> dict[str, float]:
-        """Train from `state.step` to `total_steps`; returns the final eval (or train) metrics.
-
-        `crash_after_step` raises after that step (fault injection for the resume and
-        rank-failure tests; see `fault_injection` in bigft/train.py).
-        """
+    def run(self, faults: Faults | None = None) -> dict[str, float]:
+        """Train from `state.step` to `total_steps`; returns the final eval (or train) metrics."""
+        faults = faults or Faults()
         if self.trainer.eval_at_start and self.state.base_eval is None:
             self.state.base_eval = self.evaluate()
             self.tracker.log(self.state.base_eval, step=0)
@@ -233,9 +249,17 @@ class Loop:
                 self.tracker.log(last, step=self.state.step)
             if self.due(self.trainer.eval_every):
                 self.tracker.log(self.evaluate(), step=self.state.step)
-            if self.due(self.trainer.save_every):
+            saved = self.due(self.trainer.save_every)
+            if saved:
                 self.checkpoint()
-            if crash_after_step is not None and self.state.step == crash_after_step:
+            if self.stop_agreed():
+                bar.close()
+                if not saved:
+                    self.checkpoint()
+                raise Preempted(self.state.step, self.stop.signal_name)
+            if faults.slow_step_seconds:
+                time.sleep(faults.slow_step_seconds)
+            if faults.crash_after_step == self.state.step:
                 raise RuntimeError(f"simulated crash after step {self.state.step}")
         bar.close()
         final = self.evaluate()

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from bigft.engine.checkpoint import latest_checkpoint, list_checkpoints
+from bigft.engine.loop import Faults
 from bigft.errors import ConfigError, DataError, TrainingError
 from bigft.train import train
 
@@ -112,7 +113,7 @@ def test_resume_reproduces_the_uninterrupted_run(make_cfg):
 
     broken = make_cfg("sft", "lora", "name=broken", *common)
     with pytest.raises(RuntimeError, match="simulated crash after step 3"):
-        train(broken, crash_after_step=3)
+        train(broken, faults=Faults(crash_after_step=3))
     assert latest_checkpoint(Path(broken.output_dir)).name == "step_00000002"
     train(broken)  # trainer.resume=auto is the default
     resumed = train_losses(Path(broken.output_dir))
@@ -172,7 +173,7 @@ def test_wandb_offline_run_is_written_and_resumed_under_the_same_id(make_cfg, mo
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = make_cfg("lm", "full", "logger=wandb", "trainer.max_steps=4", "trainer.save_every=2")
     with pytest.raises(RuntimeError):
-        train(cfg, crash_after_step=3)
+        train(cfg, faults=Faults(crash_after_step=3))
     state = json.loads((latest_checkpoint(Path(cfg.output_dir)) / "state.json").read_text())
     run_id = state["wandb_id"]
     assert run_id

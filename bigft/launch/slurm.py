@@ -1,0 +1,229 @@
+"""`launcher=slurm`: check what can be checked here, render an sbatch script, submit it.
+
+The job runs one `srun` task per GPU, each task one rank running bigft directly (see
+`bigft/launch/slurm_job.py` for why, and for what happens inside the job). The config is frozen
+at submission: every rank, and every requeue of the job, runs exactly what was submitted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from bigft.data.readers import looks_like_path, read_records
+from bigft.errors import ConfigError, DataError
+from bigft.launch.sbatch_options import option_pairs, time_minutes
+from bigft.models.build import ensure_model
+from bigft.models.load import looks_local, resolve_source
+
+log = logging.getLogger(__name__)
+
+SLURM_SUBDIR = "slurm"
+SCRIPT_NAME = "job.sbatch"
+
+
+def submit(cfg: DictConfig) -> str | None:
+    """Submit `cfg` as a Slurm job; returns its job id (None for a dry run)."""
+    check_before_submit(cfg)
+    run_dir = Path(cfg.output_dir).absolute()
+    slurm_dir = run_dir / SLURM_SUBDIR
+    frozen = OmegaConf.to_yaml(cfg, resolve=True)
+    # Named by content: a later submission with other settings never changes what a queued or
+    # requeued job reads.
+    config_path = slurm_dir / f"config-{hashlib.sha256(frozen.encode()).hexdigest()[:10]}.yaml"
+    script = render_script(cfg, config_path=config_path, log_dir=slurm_dir, workdir=Path.cwd())
+    if cfg.launcher.dry_run:
+        print(script, flush=True)
+        return None
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(frozen)
+    script_path = slurm_dir / SCRIPT_NAME
+    script_path.write_text(script)
+    job_id = sbatch(script_path, cfg)
+    print(submission_summary(cfg, job_id, run_dir, slurm_dir), flush=True)
+    return job_id
+
+
+# ---- before submitting: a typo costs seconds here, not a wait in the queue -------------------
+
+
+def check_before_submit(cfg: DictConfig) -> None:
+    """Everything that can be checked on the submitting host (config validation ran before)."""
+    time_minutes(cfg.launcher.time)
+    option_pairs(list(cfg.launcher.sbatch_extra))
+    _check_data(cfg)
+    _check_model(cfg)
+    _check_writable(Path(cfg.output_dir))
+    _check_fits(cfg)
+    if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "launcher=slurm needs Slurm's sbatch on PATH (run on a login node of the cluster); "
+            "launcher.dry_run=true prints the script without submitting"
+        )
+
+
+def _check_data(cfg: DictConfig) -> None:
+    for key in ("train", "eval"):
+        spec = cfg.data.get(key)
+        if not spec:
+            continue
+        if not Path(spec).expanduser().exists() and not looks_like_path(spec):
+            log.info("data.%s=%s is a datasets name: read on the nodes", key, spec)
+            continue
+        try:
+            # The whole file: a bad line is reported now, with its line number.
+            read_records(spec, fields=OmegaConf.to_container(cfg.data.fields) or None)
+        except DataError as err:
+            raise DataError(f"data.{key}: {err}") from None
+
+
+def _check_model(cfg: DictConfig) -> None:
+    # A model bigft builds (the demo base) is built once here, not by racing ranks in the job.
+    ensure_model(cfg.model)
+    for key in ("path", "tokenizer"):
+        source = cfg.model.get(key)
+        if source and looks_local(source):
+            resolve_source(source, what="model" if key == "path" else "tokenizer")
+
+
+def _check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".bigft-write-test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"output_dir {run_dir} is not writable: {err.strerror}") from None
+
+
+def _check_fits(cfg: DictConfig) -> None:
+    """Refuse a GPU job that bigft-plan says cannot fit, unless launcher.force."""
+    if cfg.launcher.gpus_per_node <= 0:
+        return  # a CPU job: no GPU memory to plan
+    from bigft.plan import check_fits
+
+    plan = check_fits(cfg)
+    if plan.fits:
+        return
+    if cfg.launcher.force:
+        log.warning("bigft-plan says this job does not fit; submitting anyway (launcher.force)")
+        return
+    raise ConfigError(
+        f"this job does not fit in {cfg.launcher.gpu_memory_gb:g} GB per GPU:\n{plan.render()}\n"
+        "change the settings above, or submit anyway with launcher.force=true"
+    )
+
+
+# ---- the script ------------------------------------------------------------------------------
+
+
+def sbatch_directives(cfg: DictConfig, log_dir: Path, workdir: Path) -> list[str]:
+    """The #SBATCH options, in the order a cluster user reads them."""
+    launcher = cfg.launcher
+    options = [
+        f"--job-name={launcher.job_name}",
+        f"--nodes={launcher.nodes}",
+        # One task per GPU: each task is one rank of the job.
+        f"--ntasks-per-node={launcher.nproc_per_node}",
+    ]
+    if launcher.gpus_per_node > 0:
+        options.append(f"--gpus-per-node={launcher.gpus_per_node}")
+    options.append(f"--cpus-per-task={launcher.cpus_per_task}")
+    if launcher.mem is not None:
+        options.append(f"--mem={launcher.mem}")
+    options.append(f"--time={launcher.time}")
+    for key in ("partition", "account", "qos", "constraint"):
+        if launcher.get(key):
+            options.append(f"--{key}={launcher.get(key)}")
+    if launcher.exclusive:
+        options.append("--exclusive")
+    options += [
+        f"--chdir={workdir}",
+        f"--output={log_dir}/%j.out",
+        # A requeued job keeps its job id: append, so the log keeps every attempt.
+        "--open-mode=append",
+        # Every rank gets the warning, in time to finish a step and checkpoint.
+        f"--signal={launcher.signal}@{launcher.signal_lead_seconds}",
+        "--requeue",
+    ]
+    return options + [str(option) for option in launcher.sbatch_extra]
+
+
+def render_script(cfg: DictConfig, *, config_path: Path, log_dir: Path, workdir: Path) -> str:
+    launcher = cfg.launcher
+    python = launcher.python or sys.executable
+    srun = ["srun", "--kill-on-bad-exit=1", *[str(a) for a in launcher.srun_args]]
+    command = [*srun, python, "-u", "-m", "bigft.launch.slurm_job", str(config_path)]
+    lines = [
+        "#!/bin/bash",
+        f"# bigft {cfg.name}: written by `bigft-train launcher=slurm`; resubmit with sbatch.",
+        f"# The config every rank runs (frozen at submission): {config_path}",
+        *[f"#SBATCH {option}" for option in sbatch_directives(cfg, log_dir, workdir)],
+        "",
+        "set -euo pipefail",
+        *[str(line) for line in launcher.setup],
+        f"export OMP_NUM_THREADS={launcher.cpus_per_task}",
+        'echo "bigft: job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}, $SLURM_JOB_NODELIST"',
+        "# One task per GPU; each task reads its rank from SLURM_PROCID / SLURM_LOCALID.",
+        " ".join(shlex.quote(part) for part in command),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---- submitting ------------------------------------------------------------------------------
+
+
+def sbatch(script_path: Path, cfg: DictConfig) -> str:
+    result = subprocess.run(
+        ["sbatch", "--parsable", str(script_path)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        reason = " ".join(
+            line.removeprefix("sbatch: error: ").strip()
+            for line in result.stderr.splitlines()
+            if line.strip()
+        )
+        raise ConfigError(
+            f"Slurm refused the job: {reason or f'sbatch exited {result.returncode}'}\n"
+            f"  asked for: {_resources(cfg)}\n"
+            f"  script: {script_path}"
+        )
+    return result.stdout.strip().split(";")[0]
+
+
+def _resources(cfg: DictConfig) -> str:
+    launcher = cfg.launcher
+    parts = [
+        f"launcher.partition={launcher.partition}",
+        f"launcher.nodes={launcher.nodes}",
+        f"launcher.nproc_per_node={launcher.nproc_per_node}",
+        f"launcher.gpus_per_node={launcher.gpus_per_node}",
+        f"launcher.cpus_per_task={launcher.cpus_per_task}",
+        f"launcher.mem={launcher.mem}",
+        f"launcher.time={launcher.time}",
+    ]
+    return ", ".join(parts)
+
+
+def submission_summary(cfg: DictConfig, job_id: str, run_dir: Path, slurm_dir: Path) -> str:
+    lines = [
+        f"bigft: submitted Slurm job {job_id} ({cfg.launcher.nodes} node(s) × "
+        f"{cfg.launcher.nproc_per_node} rank(s))",
+        f"  log:     {slurm_dir / f'{job_id}.out'}",
+        f"  run dir: {run_dir}",
+        f"  watch:   squeue -j {job_id}    stop: scancel {job_id}",
+    ]
+    if cfg.logger.name == "wandb":
+        lines.append(
+            f"  W&B:     project {cfg.logger.project}, run {cfg.name}; offline runs sync with "
+            f"`wandb sync {run_dir}/wandb/offline-run-*`"
+        )
+    return "\n".join(lines)

@@ -15,10 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from bigft.data.readers import looks_like_path, read_records
-from bigft.errors import ConfigError, DataError
+from bigft.errors import ConfigError, DataError, exit_on_user_error
 from bigft.launch.sbatch_options import option_pairs, time_minutes
 from bigft.models.build import ensure_model
 from bigft.models.load import looks_local, resolve_source
@@ -54,19 +55,33 @@ def submit(cfg: DictConfig) -> str | None:
 # ---- before submitting: a typo costs seconds here, not a wait in the queue -------------------
 
 
-def check_before_submit(cfg: DictConfig) -> None:
+def check_before_submit(cfg: DictConfig, *, sweep: bool = False) -> None:
     """Everything that can be checked on the submitting host (config validation ran before)."""
     time_minutes(cfg.launcher.time)
     option_pairs(list(cfg.launcher.sbatch_extra))
     _check_data(cfg)
     _check_model(cfg)
-    _check_writable(Path(cfg.output_dir))
+    _check_writable(Path(cfg.output_root if sweep else cfg.output_dir))
     _check_fits(cfg)
     if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
         raise ConfigError(
             "launcher=slurm needs Slurm's sbatch on PATH (run on a login node of the cluster); "
             "launcher.dry_run=true prints the script without submitting"
         )
+
+
+class CheckBeforeSweep(Callback):
+    """The same checks for a sweep (-m), once, before Hydra's submitit launcher submits its job
+    array (registered in conf/launcher/slurm.yaml). The swept values themselves are checked by
+    each job when it starts."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
+        from bigft.config.validate import validate
+
+        cfg = config.copy()
+        with open_dict(cfg):
+            del cfg["hydra"]
+        exit_on_user_error(lambda: (validate(cfg), check_before_submit(cfg, sweep=True)))()
 
 
 def _check_data(cfg: DictConfig) -> None:

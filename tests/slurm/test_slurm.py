@@ -181,3 +181,57 @@ def test_bad_data_is_reported_before_anything_is_queued(slurm_cluster, tmp_path,
     assert "Traceback" not in result.stderr
     assert re.search(rf"data\.train: {re.escape(str(broken))}:2", result.stderr), result.stderr
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout == before
+
+
+def test_past_max_requeues_the_job_stops_with_its_checkpoint_and_a_resubmission_resumes(
+    slurm_cluster, tmp_path, tiny_llama_dir
+):
+    steps = 8
+    command = [
+        *train_overrides(tmp_path, tiny_llama_dir, "lm", "lora"),
+        *TWO_RANKS,
+        "distributed=ddp",
+        "name=job",
+        f"trainer.max_steps={steps}",
+        "launcher.max_requeues=0",
+    ]
+    first = submitted_job(bigft_train(*command, env={"BIGFT_SLOW_STEP_SECONDS": "0.5"}))
+    run_dir = tmp_path / "outputs" / "job"
+    _wait_for_step(run_dir, 2)
+    subprocess.run(["scancel", "--signal=USR2", first], check=True)
+    state = wait_for_job(first)
+    log = job_log(run_dir, first)
+    assert state["JobState"] == "FAILED" and state["ExitCode"] == "75:0", log[-3000:]
+    assert "not requeued: it already was 0 times (launcher.max_requeues=0)" in log
+    stopped_at = max(train_losses(run_dir))
+    assert stopped_at < steps
+
+    # The user's next step: the same command again.
+    second = submitted_job(bigft_train(*command))
+    log = finished(run_dir, second)
+    assert f"(step {stopped_at})" in log and "resumed from" in log
+    assert sorted(train_losses(run_dir)) == list(range(1, steps + 1))
+
+
+def test_ranks_come_from_slurm_variables(slurm_cluster, monkeypatch):
+    from bigft.launch.slurm_job import torch_env_from_slurm
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    slurm = {
+        "SLURM_NTASKS": "16",
+        "SLURM_PROCID": "11",
+        "SLURM_LOCALID": "3",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "gpu[007-008]",
+    }
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    torch_env_from_slurm()
+    assert [os.environ[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR")] == [
+        "11",
+        "3",
+        "16",
+        "gpu007",
+    ]
+    assert os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)

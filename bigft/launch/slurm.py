@@ -173,9 +173,10 @@ def sbatch_directives(cfg: DictConfig, log_dir: Path, workdir: Path) -> list[str
 
 def render_script(cfg: DictConfig, *, config_path: Path, log_dir: Path, workdir: Path) -> str:
     launcher = cfg.launcher
-    python = launcher.python or sys.executable
+    # launcher.python may be a wrapper: "apptainer exec --nv bigft.sif python".
+    python = shlex.split(launcher.python) if launcher.python else [sys.executable]
     srun = ["srun", "--kill-on-bad-exit=1", *[str(a) for a in launcher.srun_args]]
-    command = [*srun, python, "-u", "-m", "bigft.launch.slurm_job", str(config_path)]
+    command = [*srun, *python, "-u", "-m", "bigft.launch.slurm_job", str(config_path)]
     lines = [
         "#!/bin/bash",
         f"# bigft {cfg.name}: written by `bigft-train launcher=slurm`; resubmit with sbatch.",

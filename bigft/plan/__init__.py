@@ -1,0 +1,96 @@
+"""bigft-plan: will a training config fit in GPU memory? Estimates, a step tracer, advice.
+
+`check_fits(cfg)` is the cheap analytic check (no weights, no data, no GPU) that `bigft-plan`
+prints and the Slurm launcher runs before submitting; `bigft.plan.trace` traces the real step on
+fake tensors for the memory benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bigft.plan.advice import RESERVED_GIB, Change, suggestions, usable_bytes
+from bigft.plan.estimate import COMPONENTS, GIB, Breakdown, estimate, param_counts
+from bigft.plan.setup import Setup, setup_from_config
+from bigft.plan.shape import ModelShape, model_shape
+
+
+@dataclass
+class Plan:
+    name: str
+    shape: ModelShape
+    setup: Setup
+    breakdown: Breakdown
+    suggestions: list[tuple[Change, Breakdown]] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.breakdown.total <= usable_bytes(self.setup)
+
+    def render(self) -> str:
+        """The text bigft-plan prints (and the Slurm launcher shows when it refuses a job)."""
+        return "\n".join([*self._header(), "", *self._table(), "", *self._verdict()])
+
+    def _header(self) -> list[str]:
+        s, counts = self.setup, param_counts(self.shape, self.setup)
+        mode = f"ZeRO-{s.zero_stage}" if s.zero_stage else ("DDP" if s.world_size > 1 else "single")
+        if s.offload_optimizer:
+            mode += " + optimizer offload"
+        return [
+            f"bigft-plan: {self.name}",
+            f"  model      {self.shape.model_type}, {counts.total / 1e9:.2f} B parameters "
+            f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
+            f"  step       micro-batch {s.micro_batch} × {s.seq_len} tokens, accumulation "
+            f"{s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
+            f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}",
+            f"  GPUs       {s.nodes} node(s) × {s.ranks_per_node} = {s.world_size}, {mode}, "
+            f"{s.gpu_memory_gib:g} GiB each",
+        ]
+
+    def _table(self) -> list[str]:
+        b = self.breakdown
+        lines = [f"  per-GPU memory at the step's peak ({b.moment}), GiB:"]
+        for name in COMPONENTS:
+            lines.append(f"    {name:<12} {getattr(b, name) / GIB:9.2f}")
+        lines.append(f"    {'total':<12} {b.total / GIB:9.2f}")
+        return lines
+
+    def _verdict(self) -> list[str]:
+        usable = usable_bytes(self.setup) / GIB
+        total = self.breakdown.total / GIB
+        if self.fits:
+            return [
+                f"FITS: {total:.1f} GiB of {usable:.1f} GiB usable per GPU "
+                f"({self.setup.gpu_memory_gib:g} GiB less {RESERVED_GIB:g} GiB for the CUDA "
+                f"context); {usable - total:.1f} GiB to spare."
+            ]
+        lines = [f"DOES NOT FIT: {total:.1f} GiB needed, {usable:.1f} GiB usable per GPU."]
+        if not self.suggestions:
+            lines.append("No change bigft knows of makes it fit: use more or larger GPUs.")
+            return lines
+        lines.append("Cheapest changes that fit:")
+        for change, after in self.suggestions:
+            lines.append(f"  - {change.what}: {after.total / GIB:.1f} GiB")
+            lines.append(f"      {' '.join(change.overrides)}")
+        return lines
+
+
+def plan_config(cfg: Any) -> Plan:
+    """The analytic plan of a composed bigft config."""
+    shape = model_shape(cfg.model)
+    setup = setup_from_config(cfg)
+    plan = Plan(str(cfg.get("name", "run")), shape, setup, estimate(shape, setup))
+    if not plan.fits:
+        plan.suggestions = suggestions(shape, setup)
+    return plan
+
+
+def check_fits(cfg: Any) -> Plan:
+    """Plan a run before launching it: analytic only (well under a second once transformers is
+    imported), reads neither weights nor data; raises ConfigError when the model's shape cannot
+    be known (a hub id without model.shape). `plan.fits`, `plan.render()`."""
+    return plan_config(cfg)
+
+
+__all__ = ["Breakdown", "Plan", "check_fits", "estimate", "plan_config"]

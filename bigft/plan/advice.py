@@ -1,0 +1,169 @@
+"""The cheapest changes that make a step fit: each one a set of command-line overrides.
+
+Changes are tried in order of what they cost a run: first the ones that keep the numerics and
+the global batch (smaller micro-batches with more accumulation, checkpointing), then those that
+add communication (ZeRO stages), then ones that change numerics (8-bit optimizer state, a 4-bit
+base) or run far slower (CPU offload), and last more GPUs. When no single change fits, changes
+are combined in that order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from bigft.plan.estimate import Breakdown, estimate
+from bigft.plan.setup import Setup
+from bigft.plan.shape import ModelShape
+
+# GPU memory torch cannot allocate: the CUDA context, cuBLAS and NCCL workspaces.
+RESERVED_GIB = 1.0
+
+
+@dataclass(frozen=True)
+class Change:
+    what: str  # the change in words, with its cost
+    overrides: tuple[str, ...]
+    setup: Setup
+
+
+def usable_bytes(s: Setup) -> float:
+    return (s.gpu_memory_gib - RESERVED_GIB) * 2**30
+
+
+def fits(shape: ModelShape, s: Setup) -> bool:
+    return estimate(shape, s).total <= usable_bytes(s)
+
+
+def _micro_batch(s: Setup) -> Change | None:
+    if s.micro_batch == 1:
+        return None
+    global_batch = s.micro_batch * s.grad_accum
+    mb = 1
+    accum = global_batch // mb
+    return Change(
+        f"micro-batch {s.micro_batch} → {mb}, accumulation {s.grad_accum} → {accum} "
+        "(same global batch, fewer tokens per forward)",
+        (f"trainer.micro_batch_size={mb}", f"trainer.grad_accum={accum}"),
+        s.replace(micro_batch=mb, grad_accum=accum),
+    )
+
+
+def _checkpointing(s: Setup) -> Change | None:
+    if s.checkpointing or s.method == "prefix":
+        return None
+    return Change(
+        "activation checkpointing (about a third more compute)",
+        ("model.gradient_checkpointing=true",),
+        s.replace(checkpointing=True),
+    )
+
+
+def _zero(s: Setup) -> Change | None:
+    if s.world_size == 1 or s.zero_stage == 3 or (s.method == "qlora" and s.zero_stage > 0):
+        return None
+    overrides = ["distributed=zero3"]
+    if s.method == "qlora":  # ZeRO-3 shards the 4-bit base only in the compute dtype
+        overrides += [f"method.quant_storage={s.compute_dtype}", f"model.dtype={s.compute_dtype}"]
+    mp = s.mixed_precision
+    if mp == "none" and s.method != "qlora":
+        mp = "bf16"
+        overrides.append("trainer.mixed_precision=bf16")
+    return Change(
+        f"ZeRO-3 over the {s.world_size} GPUs (parameters, gradients and optimizer state "
+        "sharded; more communication)",
+        tuple(overrides),
+        s.replace(zero_stage=3, mixed_precision=mp, offload_optimizer=False),
+    )
+
+
+def _optimizer_8bit(s: Setup) -> Change | None:
+    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit", "sgd"):
+        return None
+    name = "paged_adamw_8bit" if s.optimizer == "paged_adamw" else "adamw_8bit"
+    return Change(
+        "8-bit optimizer state (bitsandbytes; slightly different numerics)",
+        (f"optim={name}",),
+        s.replace(optimizer=name),
+    )
+
+
+def _four_bit(s: Setup) -> Change | None:
+    if s.method != "lora" or s.deepspeed:
+        return None
+    return Change(
+        "a 4-bit NF4 base under the same adapters (QLoRA)",
+        ("method=qlora", f"method.r={s.lora_r}"),
+        s.replace(method="qlora"),
+    )
+
+
+def _offload(s: Setup) -> Change | None:
+    if s.offload_optimizer or s.method == "qlora":
+        return None
+    overrides = ["distributed=zero3_offload"]
+    mp = s.mixed_precision
+    if mp == "none":
+        mp = "bf16"
+        overrides.append("trainer.mixed_precision=bf16")
+    return Change(
+        "ZeRO-3 with the optimizer on the CPU (several times slower per step)",
+        tuple(overrides),
+        s.replace(zero_stage=3, offload_optimizer=True, mixed_precision=mp),
+    )
+
+
+def _more_nodes(s: Setup) -> Change | None:
+    if s.zero_stage != 3:
+        return None
+    return Change(
+        f"twice the nodes ({s.nodes} → {2 * s.nodes}) under ZeRO-3",
+        (f"launcher.nodes={2 * s.nodes}",),
+        s.replace(nodes=2 * s.nodes),
+    )
+
+
+CHANGES: tuple[Callable[[Setup], Change | None], ...] = (
+    _micro_batch,
+    _checkpointing,
+    _zero,
+    _optimizer_8bit,
+    _four_bit,
+    _offload,
+    _more_nodes,
+)
+
+
+def _single_changes(s: Setup) -> Iterator[Change]:
+    for make in CHANGES:
+        change = make(s)
+        if change is not None:
+            yield change
+
+
+def _combined(shape: ModelShape, s: Setup) -> Change | None:
+    """Changes applied one after another, in cost order, until the step fits."""
+    whats: list[str] = []
+    overrides: dict[str, str] = {}
+    current = s
+    for _ in range(12):
+        step = next(_single_changes(current), None)
+        if step is None:
+            return None
+        whats.append(step.what)
+        overrides.update(o.split("=", 1) for o in step.overrides)  # later values win
+        current = step.setup
+        if fits(shape, current):
+            pairs = tuple(f"{k}={v}" for k, v in overrides.items())
+            return Change(" + ".join(whats), pairs, current)
+    return None
+
+
+def suggestions(shape: ModelShape, s: Setup, limit: int = 3) -> list[tuple[Change, Breakdown]]:
+    """Up to `limit` changes that make the step fit, cheapest first."""
+    found = [(c, estimate(shape, c.setup)) for c in _single_changes(s) if fits(shape, c.setup)]
+    if not found:
+        combo = _combined(shape, s)
+        if combo is not None:
+            found = [(combo, estimate(shape, combo.setup))]
+    return found[:limit]

@@ -1,0 +1,122 @@
+"""The facts of a training config that decide its memory, read once from the composed config."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from bigft.errors import ConfigError
+
+# DeepSpeed's ZeRO-3 defaults (deepspeed/runtime/zero/config.py) when the block leaves them out.
+DS_MAX_LIVE_PARAMETERS = 1_000_000_000
+DS_PREFETCH_BUCKET = 50_000_000
+DS_REDUCE_BUCKET = 500_000_000
+DS_SUB_GROUP = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Setup:
+    method: str
+    model_dtype: str  # fp32 | bf16 | fp16
+    mixed_precision: str  # none | bf16 | fp16
+    checkpointing: bool
+    optimizer: str
+    zero_stage: int  # 0: plain torch (single or DDP)
+    offload_optimizer: bool
+    offload_params: bool
+    micro_batch: int
+    grad_accum: int
+    seq_len: int
+    nodes: int
+    ranks_per_node: int
+    gpu_memory_gib: float
+    head_outputs: int | None  # classify / reward: the head's outputs; None: the LM head
+    # method details
+    train_last_n_blocks: int = 0
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("all-linear",)
+    lora_dropout: float = 0.05
+    bits: int = 4
+    double_quant: bool = True
+    compute_dtype: str = "bf16"
+    quant_storage: str | None = None
+    num_virtual_tokens: int = 16
+    # DeepSpeed buffers (elements)
+    max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
+    prefetch_bucket: int = DS_PREFETCH_BUCKET
+    reduce_bucket: int = DS_REDUCE_BUCKET
+    sub_group: int = DS_SUB_GROUP
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.zero_stage > 0
+
+    @property
+    def sixteen_bit_compute(self) -> bool:
+        if self.method == "qlora":
+            return self.compute_dtype != "fp32" or self.mixed_precision != "none"
+        return self.model_dtype != "fp32" or self.mixed_precision != "none"
+
+    def replace(self, **changes: Any) -> Setup:
+        return dataclasses.replace(self, **changes)
+
+
+def _zero_block(cfg: Any) -> dict[str, Any]:
+    ds = cfg.distributed.deepspeed
+    block = OmegaConf.to_container(ds, resolve=True) if ds is not None else {}
+    return (block or {}).get("zero_optimization") or {}
+
+
+def _offloaded(zero: dict[str, Any], key: str) -> bool:
+    return ((zero.get(key) or {}).get("device")) in ("cpu", "nvme")
+
+
+def setup_from_config(cfg: Any) -> Setup:
+    """Read a composed bigft config (train.yaml); touches neither data nor weights."""
+    zero = _zero_block(cfg)
+    name = str(cfg.distributed.name)
+    stage = int(zero.get("stage", 0)) if name.startswith("zero") else 0
+    if name.startswith("zero") and stage not in (1, 2, 3):
+        raise ConfigError(f"distributed={name}: zero_optimization.stage must be 1, 2 or 3")
+    m, t = cfg.method, cfg.trainer
+    task = str(cfg.task.name)
+    head = None
+    if task in ("classify", "reward"):
+        head = max(1, len(cfg.task.labels)) if task == "classify" else 1
+    return Setup(
+        method=str(m.name),
+        model_dtype=str(cfg.model.dtype),
+        mixed_precision=str(t.mixed_precision),
+        checkpointing=bool(cfg.model.gradient_checkpointing),
+        optimizer=str(cfg.optim.name),
+        zero_stage=stage,
+        offload_optimizer=_offloaded(zero, "offload_optimizer"),
+        offload_params=_offloaded(zero, "offload_param"),
+        micro_batch=int(t.micro_batch_size),
+        grad_accum=int(t.grad_accum),
+        seq_len=int(cfg.task.max_length),
+        nodes=int(cfg.launcher.nodes),
+        ranks_per_node=int(cfg.launcher.nproc_per_node),
+        gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
+        head_outputs=head,
+        train_last_n_blocks=int(m.train_last_n_blocks),
+        lora_r=int(m.r),
+        lora_targets=tuple(str(x) for x in m.target_modules),
+        lora_dropout=float(m.dropout),
+        bits=int(m.bits),
+        double_quant=bool(m.double_quant),
+        compute_dtype=str(m.compute_dtype),
+        quant_storage=str(m.quant_storage) if m.quant_storage else None,
+        num_virtual_tokens=int(m.num_virtual_tokens),
+        max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
+        prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DS_PREFETCH_BUCKET)),
+        reduce_bucket=int(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET)),
+        sub_group=int(zero.get("sub_group_size", DS_SUB_GROUP)),
+    )

@@ -38,7 +38,7 @@ from bigft.engine.stop import StopRequest
 from bigft.errors import ConfigError, exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
-from bigft.launch.slurm_job import in_job_step, run_rank
+from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.build import ensure_model
@@ -285,6 +285,9 @@ def configure_logging() -> None:
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float | None:
+    if in_job_step() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # `srun bigft-train ...` from a script of the user's: each task is one rank.
+        torch_env_from_slurm()
     configure_logging()
     # A config mistake is reported once, before any rank starts.
     validate(cfg)

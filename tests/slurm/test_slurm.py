@@ -235,3 +235,28 @@ def test_ranks_come_from_slurm_variables(slurm_cluster, monkeypatch):
         "gpu007",
     ]
     assert os.environ["MASTER_PORT"] == str(20000 + 123456 % 20000)
+
+
+def test_srun_in_a_users_own_script_runs_one_rank_per_task(slurm_cluster, tmp_path, tiny_llama_dir):
+    base = [*train_overrides(tmp_path, tiny_llama_dir, "sft", "full"), *EXACT]
+    base.append("trainer.max_steps=2")
+    command = [sys.executable, "-m", "bigft.train", *base, "distributed=ddp", "name=own"]
+    log = tmp_path / "own.out"
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--ntasks=2",
+            f"--output={log}",
+            "--wrap",
+            "srun " + " ".join(command),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    state = wait_for_job(submitted.stdout.strip().split(";")[0])
+    assert state["JobState"] == "COMPLETED", log.read_text()[-3000:]
+    reference = one_process(tmp_path, base, micro_batch=4)
+    losses = train_losses(tmp_path / "outputs" / "own")
+    assert list(losses.values()) == pytest.approx(list(reference.values()), rel=1e-5)

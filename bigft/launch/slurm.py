@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shlex
 import shutil
 import subprocess
@@ -109,13 +110,13 @@ def _check_model(cfg: DictConfig) -> None:
 
 
 def _check_writable(run_dir: Path) -> None:
-    probe = run_dir / ".bigft-write-test"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"output_dir {run_dir} is not writable: {err.strerror}") from None
+    """The run directory, or the nearest existing directory above it, must be writable (a dry
+    run creates nothing)."""
+    existing = run_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {run_dir}: cannot write under {existing}")
 
 
 def _check_fits(cfg: DictConfig) -> None:

@@ -76,7 +76,10 @@ def _linear4bit(bnb: Any, linear: torch.nn.Linear, method_cfg: Any, compute, sto
         quant_storage=storage,
     )
     weight = torch.nn.Parameter(packed, requires_grad=False)
-    weight.quant_state = state  # what Params4bit carries; bigft's real_numel reads its shape
+    # What Params4bit carries: bigft's real_numel reads quant_state.shape, peft the other two.
+    weight.quant_state = state
+    weight.compress_statistics = bool(method_cfg.double_quant)
+    weight.quant_type = str(method_cfg.quant_type)
     layer.weight = weight
     if linear.bias is not None:
         layer.bias = torch.nn.Parameter(linear.bias.data, requires_grad=False)

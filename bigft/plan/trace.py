@@ -149,8 +149,12 @@ def _autocast(cfg: Any) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
 
 
-def trace_step(cfg: Any, steps: int = 2) -> TraceResult:
-    """Trace `steps` optimizer steps of micro-batch × max_length tokens (one process)."""
+def trace_step(cfg: Any, steps: int = 2, *, gpu_optimizer: bool = True) -> TraceResult:
+    """Trace `steps` optimizer steps of micro-batch × max_length tokens (one process).
+
+    gpu_optimizer: run torch's optimizers as they run on a GPU (foreach); False traces the
+    tensor-by-tensor loop they use on a CPU, to compare with a step measured on this CPU.
+    """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from bigft.engine.optim import build_optimizer
@@ -166,7 +170,8 @@ def trace_step(cfg: Any, steps: int = 2) -> TraceResult:
         model, extra = build_fake_model(cfg)
         batch = _batch(cfg, model.get_input_embeddings().num_embeddings)
     optimizer = build_optimizer(model, cfg.optim)
-    _foreach(optimizer)
+    if gpu_optimizer:
+        _foreach(optimizer)
     tracker = _tracker_class()()
     _skip_frozen_grad_hooks(tracker, model)
     tracker.track_external(model, optimizer, *extra, *batch.values())

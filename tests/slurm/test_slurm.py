@@ -217,7 +217,9 @@ def test_ranks_come_from_slurm_variables(slurm_cluster, monkeypatch):
     from bigft.launch.slurm_job import torch_env_from_slurm
 
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+        # setenv first, so that monkeypatch removes what the function sets, afterwards.
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     slurm = {
         "SLURM_NTASKS": "16",
         "SLURM_PROCID": "11",

@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.bigft-installed
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast lint format clean bench-memory
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix bigft tests
 	$(BIN)/ruff format bigft tests
+
+# The memory table and plot of benchmarks/results/ (LLaMA-65B, analytic and traced; a few minutes).
+bench-memory: $(STAMP)
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) outputs .cache .pytest_cache

@@ -125,14 +125,19 @@ def _check_fits(cfg: DictConfig) -> None:
         return  # a CPU job: no GPU memory to plan
     from bigft.plan import check_fits
 
-    plan = check_fits(cfg)
+    try:
+        plan = check_fits(cfg)
+    except ConfigError as err:  # e.g. a hub id with no model.shape: nothing to plan from here
+        log.warning("GPU memory not checked before submitting: %s", err)
+        return
     if plan.fits:
+        log.info("bigft-plan: %s", plan.render().splitlines()[-1])
         return
     if cfg.launcher.force:
         log.warning("bigft-plan says this job does not fit; submitting anyway (launcher.force)")
         return
     raise ConfigError(
-        f"this job does not fit in {cfg.launcher.gpu_memory_gb:g} GB per GPU:\n{plan.render()}\n"
+        f"this job does not fit in {cfg.launcher.gpu_memory_gb:g} GiB per GPU:\n{plan.render()}\n"
         "change the settings above, or submit anyway with launcher.force=true"
     )
 

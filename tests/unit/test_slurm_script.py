@@ -142,24 +142,20 @@ def test_a_stopped_run_checkpoints_and_resumes_to_the_uninterrupted_losses(
     assert list(whole) == [1, 2, 3, 4, 5]
 
 
-def test_dry_run_of_a_65b_job_on_8_nodes_prints_the_script_and_writes_nothing(tmp_path):
+def dry_run_65b(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
     data = tmp_path / "train.jsonl"
     data.write_text('{"instruction": "hi", "output": "hello"}\n')
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bigft.train",
-            "experiment=llama65b_full_zero3",
-            "launcher=slurm",
-            "launcher.dry_run=true",
-            f"data.train={data}",
-            f"output_root={tmp_path / 'outputs'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    command = [
+        *("experiment=llama65b_full_zero3", "launcher=slurm", "launcher.dry_run=true"),
+        *(f"data.train={data}", f"output_root={tmp_path / 'outputs'}", *overrides),
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "bigft.train", *command], capture_output=True, text=True, timeout=120
     )
+
+
+def test_dry_run_of_a_65b_job_on_8_nodes_prints_the_script_and_writes_nothing(tmp_path):
+    result = dry_run_65b(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     for directive in (
         "#SBATCH --nodes=8",
@@ -173,3 +169,14 @@ def test_dry_run_of_a_65b_job_on_8_nodes_prints_the_script_and_writes_nothing(tm
     assert "-m bigft.launch.slurm_job" in result.stdout
     # (Hydra itself records the command in <run dir>/.hydra, as for every bigft-train.)
     assert not list((tmp_path / "outputs").rglob("slurm"))
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_plan_unless_forced(tmp_path):
+    # 65B full fine-tuning under ZeRO-3 on one node of 8 GPUs: about 129 GiB per 80 GiB GPU.
+    result = dry_run_65b(tmp_path, "launcher.nodes=1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "does not fit in 80 GiB per GPU" in result.stderr
+    assert "DOES NOT FIT" in result.stderr and "launcher.nodes=2" in result.stderr
+    assert "#SBATCH" not in result.stdout
+    forced = dry_run_65b(tmp_path, "launcher.nodes=1", "launcher.force=true")
+    assert forced.returncode == 0 and "#SBATCH --nodes=1" in forced.stdout

@@ -76,28 +76,26 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     """The model's logits for the batch's tokens, in float32 for a stable loss.
 
     Labels are never passed to the model: tasks compute summed losses themselves, whereas
-    transformers would return a mean (wrong under gradient accumulation).
+    transformers would return a mean (wrong under gradient accumulation). use_cache=False: models
+    otherwise build a KV cache on every forward, training included (config.use_cache defaults to
+    true), which costs time and, for packed rows, switches off the mask that keeps examples apart.
+    A prefix-tuned model still gets its prefix: peft passes it as a cache of its own.
     """
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}
     if "position_ids" in batch:
-        return _packed_logits(model, batch).float()
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return logits.float()
+        inputs["position_ids"] = batch["position_ids"]
+    else:
+        inputs["attention_mask"] = batch["attention_mask"]
+    return model(**inputs).logits.float()
 
 
-def _packed_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Logits for packed rows, with attention kept inside each example.
-
-    Given position ids that restart and no attention mask, transformers' masking_utils finds the
-    examples (a new one wherever the position does not rise by one) and builds a block-causal mask
-    for sdpa and eager attention, and flash-attention kernels take the same position ids as
-    variable-length boundaries. A hand-built [batch, 1, L, L] mask would serve sdpa and eager only
-    and cost L² memory per row. The detection is skipped whenever a KV cache exists, and models
-    create one in training too unless told not to (config.use_cache defaults to true): without
-    use_cache=False every example would attend to the ones before it in its row.
-    """
-    return model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
-    ).logits
+# Packed rows (bigft/data/packing.py) carry position ids that restart at each example and no
+# attention mask. From those, transformers' masking_utils finds the examples (a new one wherever
+# the position does not rise by one) and builds a block-causal mask for sdpa and eager attention,
+# and flash-attention kernels take the same position ids as variable-length boundaries. A 4-D
+# [batch, 1, L, L] mask built here would serve sdpa and eager only, and cost L² per row. The
+# detection is skipped whenever a KV cache exists, hence use_cache=False above: with a cache,
+# every packed example would attend to the ones before it in its row (tests/unit/test_packing.py).
 
 
 def cut(ids: list[int], max_length: int, *, keep_last: bool = False) -> list[int]:

@@ -70,9 +70,13 @@ def causal_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> t
     labels = batch["labels"]
     # Prompt tuning prepends virtual tokens to the logits; the real tokens are the last ones.
     logits = forward_logits(model, batch)[:, -labels.shape[1] :]
+    # Shift the labels, not the logits: position t's target is token t+1 and the last position
+    # has none. Slicing the [batch, length, vocab] logits instead would copy them, forward and
+    # backward, the largest tensor of a small model's step.
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]),
-        labels[:, 1:].reshape(-1),
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
         ignore_index=IGNORE_INDEX,
         reduction="sum",
     )

@@ -182,3 +182,25 @@ def test_packing_is_refused_where_it_cannot_work(overrides, message):
     with pytest.raises(ConfigError, match=message):
         validate(cfg)
     validate(compose_config([*overrides, "data=local", "data.train=x.jsonl"]))
+
+
+def test_loading_packs_train_rows_the_same_from_the_cache_and_keeps_eval_unpacked(
+    tmp_path, tiny_tokenizer
+):
+    from bigft.data.load import load_examples
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(f'{{"text": "{t}"}}\n' for t in texts(40, seed=7)))
+    overrides = ["task=lm", "task.max_length=128", "data=local", f"data.train={data}"]
+    overrides += ["data.eval_fraction=0.2", f"cache_dir={tmp_path / 'cache'}"]
+    cfg = compose_config([*overrides, "task.packing=true"])
+    task = build_task(cfg.task, tiny_tokenizer)
+    rows, evaluation = load_examples(cfg, task, tiny_tokenizer)
+    again, _ = load_examples(cfg, task, tiny_tokenizer)  # tokens from the cache this time
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 2  # train and eval
+    assert again == rows and len(rows) < 32 and all("position_ids" in r for r in rows)
+    assert len(evaluation) == 8 and not any("position_ids" in e for e in evaluation)
+    plain, _ = load_examples(compose_config(overrides), task, tiny_tokenizer)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 4  # packing is part of the key
+    assert len(plain) == 32
+    assert sum(len(r["input_ids"]) for r in rows) == sum(len(e["input_ids"]) for e in plain)

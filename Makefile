@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.bigft-installed
 
-.PHONY: install demo test test-fast lint format clean bench-memory
+.PHONY: install demo test test-fast lint format clean bench-memory bench-throughput
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit
+
+# bigft vs transformers' Trainer, and sequence packing (~5 min on 2 cores): benchmarks/results/
+bench-throughput: $(STAMP)
+	$(BIN)/python benchmarks/throughput.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check bigft tests

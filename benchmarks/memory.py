@@ -29,6 +29,7 @@ from bigft.plan.estimate import COMPONENTS, GIB
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER_FULL_GIB, PAPER_QLORA_GIB = 780, 48
+GB = 1e9  # decimal, beside GiB for the headline: "48 GB" GPUs hold 48 GiB; 48e9 bytes is less
 
 ONE_GPU = ["trainer.micro_batch_size=1", "trainer.grad_accum=1", "task.max_length=512"]
 ROWS: list[tuple[str, list[str], bool]] = [
@@ -46,7 +47,12 @@ ROWS: list[tuple[str, list[str], bool]] = [
     ),
     ("QLoRA as the paper ran it, 1 GPU", ["experiment=llama65b_qlora", *ONE_GPU], True),
     (
-        "LoRA r=64 over a bf16 base, 1 GPU",
+        "QLoRA, fp32 adapters, embeddings and head (peft's defaults), 1 GPU",
+        ["experiment=llama65b_qlora", "method.adapter_dtype=null", *ONE_GPU],
+        True,
+    ),
+    (
+        "LoRA r=64 (bf16 adapters) over a bf16 base, 1 GPU",
         [
             "experiment=llama65b_qlora",
             "method=lora",
@@ -208,6 +214,10 @@ def _gib(d: dict[str, Any] | None, key: str = "total") -> str:
     return "—" if d is None else f"{d[key] / GIB:,.1f}"
 
 
+def _gib_and_gb(d: dict[str, Any]) -> str:
+    return f"{d['total'] / GIB:,.1f} GiB = {d['total'] / GB:,.1f} GB"
+
+
 def _components(d: dict[str, Any]) -> str:
     return " / ".join(f"{d[c] / GIB:.1f}" for c in COMPONENTS)
 
@@ -217,7 +227,8 @@ def markdown(rows: list[dict[str, Any]], val: dict[str, float] | None, when: str
         "# Memory of one bigft training step, LLaMA-65B (65.29 B parameters)",
         "",
         f"Generated {when} by `make bench-memory` (`benchmarks/memory.py`) on {_hardware()}.",
-        "GiB = 2^30 bytes, per GPU, at the step's peak. Micro-batch 1 × 512 tokens.",
+        "All figures in GiB (2^30 bytes) per GPU at the step's peak, unless marked GB (10^9 "
+        "bytes). Micro-batch 1 × 512 tokens.",
         "Breakdown: weights / trainable / gradients / optimizer / activations / temporaries.",
         "",
         "| configuration | analytic | traced | DeepSpeed (model states) | analytic breakdown |"
@@ -235,9 +246,18 @@ def markdown(rows: list[dict[str, Any]], val: dict[str, float] | None, when: str
     full, qlora = rows[0], rows[1]
     head += [
         "",
-        f"Headline (traced): full 16-bit fine-tuning needs {_gib(full['traced'])} GiB on one "
-        f"device (> {PAPER_FULL_GIB}); QLoRA needs {_gib(qlora['traced'])} GiB (< "
-        f"{PAPER_QLORA_GIB}).",
+        "Headline, the QLoRA paper's two figures for LLaMA-65B:",
+        "",
+        "| configuration | analytic | traced | paper |",
+        "|---|---:|---:|---|",
+        f"| {full['label']} | {_gib_and_gb(full['analytic'])} | {_gib_and_gb(full['traced'])} |"
+        f" > {PAPER_FULL_GIB} GB |",
+        f"| {qlora['label']} | {_gib_and_gb(qlora['analytic'])} | "
+        f"{_gib_and_gb(qlora['traced'])} | < {PAPER_QLORA_GIB} GB |",
+        "",
+        f"Full 16-bit fine-tuning needs more than {PAPER_FULL_GIB} in either unit; QLoRA fits "
+        f"under {PAPER_QLORA_GIB} in either unit ({PAPER_QLORA_GIB} GB = "
+        f"{PAPER_QLORA_GIB * GB / GIB:.1f} GiB).",
     ]
     if val:
         head += [
@@ -265,14 +285,18 @@ NOTES = """## How to read it
   twice on fake tensors under torch's MemTracker; nothing is allocated. Substituted: the
   `Params4bit` wrapper of the 4-bit weights (a plain uint8 Parameter with the same bytes and
   bitsandbytes' own QuantState; quantization, layer and matmul are bitsandbytes' code through its
-  registered fake kernels); torch's AdamW runs `foreach`, as on a GPU; MemTracker files the
-  optimizer step's temporaries (AdamW's foreach square roots) under optimizer state.
+  registered fake kernels); torch's AdamW is fused, as bigft builds it on a GPU and a CPU (one
+  kernel per parameter group, no temporaries beside its state).
 - **Full fine-tuning in 16-bit mixed precision** keeps fp32 weights (bf16 autocast): 4 + 4 + 8
-  bytes per parameter for weights, gradients and AdamW's moments, plus the foreach temporary;
-  the QLoRA paper's ">780 GB" is the 12 bytes/parameter lower bound.
-- **QLoRA** as bigft runs it: NF4 with double quantization (0.516 bytes/weight), embeddings,
-  norms and head in fp32 (peft's prepare_model_for_kbit_training), LoRA adapters in fp32
-  (peft's default), paged AdamW 32-bit state. The paper kept adapters in bf16, about 3 GiB less.
+  bytes per parameter for weights, gradients and AdamW's moments; the QLoRA paper's ">780 GB"
+  is the 12 bytes/parameter lower bound.
+- **QLoRA as the paper ran it** (`experiment=llama65b_qlora`): NF4 with double quantization
+  (0.516 bytes/weight); LoRA adapters, embeddings and head in bf16 and norms in fp32
+  (`method.adapter_dtype=bf16`, what the paper's qlora.py casts after
+  prepare_model_for_kbit_training); paged AdamW with 32-bit state (8 bytes per adapter weight,
+  whatever the adapter's dtype). `method.adapter_dtype=null` keeps peft's defaults (fp32
+  adapters; embeddings, norms and head upcast to fp32): the "fp32 adapters" row. The LoRA row
+  inherits the experiment's bf16 adapters.
 - **ZeRO-3 rows** are not traced: DeepSpeed cannot run on fake tensors. DeepSpeed's column is its
   `estimate_zero3_model_states_mem_needs` (what `..._all_live` computes): 18 bytes/parameter / GPUs
   (2 for 16-bit parameters, 16 for fp32 gradients, master weights and Adam moments) plus 4 bytes ×
@@ -293,7 +317,9 @@ def _hardware() -> str:
 
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Stacked bars by component on linear axes (a log axis distorts stacked shares): the
-    one-GPU full fine-tuning rows on their own panel, up to 1,300 GiB, the rest up to 140."""
+    one-GPU full fine-tuning rows on their own panel (~1,000 GiB), the rest up to 140.
+    The paper's thresholds are drawn and labelled on their panels: 780 above, 48 below (48 GiB
+    dashed, 48 GB = 44.7 GiB dotted)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,24 +335,42 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(
         2, 1, figsize=(11, 0.4 * len(bars) + 2.5), height_ratios=[len(big) + 1, len(rest) + 1]
     )
-    for ax, panel, line in ((axes[0], big, PAPER_FULL_GIB), (axes[1], rest, PAPER_QLORA_GIB)):
+    thresholds = (
+        [(PAPER_FULL_GIB, "--", f"{PAPER_FULL_GIB} GiB: the paper's full 16-bit figure", "left")],
+        [
+            (PAPER_QLORA_GIB, "--", f"{PAPER_QLORA_GIB} GiB", "right"),
+            (
+                PAPER_QLORA_GIB * GB / GIB,
+                ":",
+                f"{PAPER_QLORA_GIB} GB = {PAPER_QLORA_GIB * GB / GIB:.1f} GiB",
+                "left",
+            ),
+        ],
+    )
+    for ax, panel, lines in zip(axes, (big, rest), thresholds, strict=True):
         left = [0.0] * len(panel)
         for i, comp in enumerate(COMPONENTS):
             widths = [b[comp] / GIB for _, b in panel]
             ax.barh(range(len(panel)), widths, left=left, label=comp, color=f"C{i}")
             left = [x + w for x, w in zip(left, widths, strict=True)]
-        ax.axvline(line, color="black", linestyle="--", linewidth=1)
-        ax.annotate(
-            f"{line} GiB",
-            (line, -0.6),
-            ha="left",
-            fontsize=8,
-            xytext=(3, 0),
-            textcoords="offset points",
-        )
+        for x, style, text, side in lines:
+            ax.axvline(x, color="black", linestyle=style, linewidth=1)
+            # x in data, y in axes coordinates: always inside the panel, whatever its bars.
+            right = side == "right"
+            ax.annotate(
+                text,
+                (x, 1.0),
+                xycoords=("data", "axes fraction"),
+                xytext=(3 if right else -3, -3),
+                textcoords="offset points",
+                ha="left" if right else "right",
+                va="top",
+                fontsize=8,
+                bbox={"boxstyle": "square,pad=0.1", "facecolor": "white", "edgecolor": "none"},
+            )
         ax.set_yticks(range(len(panel)), [name for name, _ in panel], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_xlabel("GiB per GPU at the step's peak")
+        ax.set_ylim(len(panel) - 0.5, -1.2)  # top down, with a free strip for the labels
+        ax.set_xlabel("GiB (2^30 bytes) per GPU at the step's peak")
     axes[0].set_title("LLaMA-65B, one bigft training step, by component")
     axes[1].legend(loc="lower right", fontsize=8)
     fig.tight_layout()

@@ -117,6 +117,13 @@ class MethodConfig:
     dropout: float = 0.05
     use_dora: bool = False
     use_rslora: bool = False
+    # lora / qlora: the dtype of the trainable adapter weights. None: fp32 (peft's default), so
+    # every update is applied at full precision. bf16 / fp16 halve the adapters, their gradients
+    # and (for torch's optimizers) their state, as the QLoRA paper's code did; for qlora the
+    # embeddings and output head go to that dtype as well (norms stay fp32). The price: each
+    # update is rounded to 8 (bf16) or 11 (fp16) significant bits, so updates much smaller than
+    # a weight are lost; bitsandbytes' 32-bit optimizers keep their state in fp32 regardless.
+    adapter_dtype: DType | None = None
     # qlora: the frozen base in 4-bit NF4 (or 8-bit) through bitsandbytes.
     bits: int = 4
     quant_type: str = "nf4"

@@ -45,6 +45,7 @@ def validate(cfg: DictConfig) -> None:
         m.train_last_n_blocks >= 0, "method.train_last_n_blocks", m.train_last_n_blocks, ">= 0"
     )
     _validate_distributed(cfg)
+    _validate_adapter_dtype(cfg)
     _validate_combination(cfg)
     _validate_packing(cfg)
 
@@ -96,6 +97,30 @@ def _validate_qlora_under_zero(cfg: DictConfig) -> None:
         raise ConfigError(
             "method=qlora under ZeRO-3 needs the 4-bit storage and the model in the compute dtype: "
             f"add method.quant_storage={compute} model.dtype={compute}"
+        )
+
+
+def _validate_adapter_dtype(cfg: DictConfig) -> None:
+    dtype, method = cfg.method.adapter_dtype, cfg.method.name
+    if dtype is None:
+        return
+    if method not in ("lora", "qlora"):
+        raise ConfigError(
+            f"method.adapter_dtype={dtype} with method={method}: it sets the dtype of LoRA "
+            "adapters and applies to method=lora and method=qlora only; remove "
+            "method.adapter_dtype (set the model's dtype with model.dtype)"
+        )
+    if cfg.distributed.name.startswith("zero"):
+        raise ConfigError(
+            f"method.adapter_dtype={dtype} with distributed={cfg.distributed.name}: DeepSpeed "
+            "sets the dtype of trainable weights itself (16-bit copies from "
+            "trainer.mixed_precision, fp32 masters in the optimizer); remove method.adapter_dtype"
+        )
+    if method == "qlora" and dtype != "fp32" and cfg.trainer.mixed_precision == "none":
+        # The fp32 norms hand the 16-bit head fp32 activations; only autocast reconciles them.
+        raise ConfigError(
+            f"method.adapter_dtype={dtype} with method=qlora needs autocast: the embeddings and "
+            "head are then 16-bit while the norms stay fp32; add trainer.mixed_precision=bf16"
         )
 
 

@@ -43,7 +43,8 @@ class Plan:
             f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
             f"  step       micro-batch {s.micro_batch} × {s.seq_len} tokens, accumulation "
             f"{s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
-            f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}",
+            f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}"
+            + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else ""),
             f"  GPUs       {s.nodes} node(s) × {s.ranks_per_node} = {s.world_size}, {mode}, "
             f"{s.gpu_memory_gib:g} GiB each",
         ]

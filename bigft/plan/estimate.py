@@ -100,6 +100,19 @@ def _param_bytes(s: Setup) -> int:
     return DTYPE_BYTES[s.model_dtype]
 
 
+def _adapter_bytes(s: Setup) -> int:
+    """Bytes of one adapter weight: fp32 (peft's autocast_adapter_dtype) unless
+    method.adapter_dtype says otherwise, or DeepSpeed casts the module to 16 bits."""
+    if s.deepspeed and s.mixed_precision != "none":
+        return 2
+    return DTYPE_BYTES[s.adapter_dtype] if s.adapter_dtype else 4
+
+
+def _embedding_bytes(s: Setup, default: int) -> int:
+    """qlora: bytes of an embedding / LM-head weight (cast with the adapters, see cast_adapters)."""
+    return DTYPE_BYTES[s.adapter_dtype] if s.adapter_dtype else default
+
+
 def _optimizer_bytes(s: Setup, trainable_bytes: int) -> float:
     """Optimizer state bytes per trainable parameter (ZeRO's fp32 master copy included)."""
     master = 4 if s.deepspeed and s.mixed_precision != "none" else 0
@@ -135,13 +148,17 @@ def model_states(shape: ModelShape, s: Setup) -> States:
         non_linear = frozen - shape.linear_params
         # prepare_model_for_kbit_training casts every 16-bit weight left unquantized to fp32;
         # under ZeRO-3 the 4-bit base is stored in the 16-bit compute dtype and stays so.
+        # method.adapter_dtype narrows the embeddings and LM head again; the norms stay fp32.
         rest = 2 if s.zero_stage == 3 else 4
-        weights = shape.linear_params * _quantized_bytes_per_weight(s) + non_linear * rest
+        narrowed = shape.embed_params + (shape.head_params if s.head_outputs is None else 0)
+        weights = (
+            shape.linear_params * _quantized_bytes_per_weight(s)
+            + narrowed * _embedding_bytes(s, rest)
+            + (non_linear - narrowed) * rest
+        )
     else:
         weights = frozen * pb
-    # Adapters live in fp32 (peft's autocast_adapter_dtype) unless DeepSpeed casts the module.
-    adapter_bytes = 2 if s.deepspeed and s.mixed_precision != "none" else 4
-    tb = adapter_bytes if counts.adapters else pb
+    tb = _adapter_bytes(s) if counts.adapters else pb
     trainable = counts.trainable * tb
     gradients = counts.trainable * tb
     optimizer = counts.trainable * _optimizer_bytes(s, tb)
@@ -163,7 +180,9 @@ def _act_dtypes(s: Setup) -> tuple[int, int]:
     """(e, r): bytes of a 16/32-bit compute activation, and of the residual stream."""
     e = 2 if s.sixteen_bit_compute else 4
     if s.method == "qlora" and s.zero_stage < 3:
-        return e, 4  # norms and embeddings upcast to fp32 carry an fp32 residual stream
+        # The residual stream has the embeddings' dtype: fp32 as prepare_model_for_kbit_training
+        # leaves them, 16-bit with method.adapter_dtype (the blocks' outputs are 16-bit).
+        return e, _embedding_bytes(s, 4)
     if s.deepspeed and s.mixed_precision != "none":
         return 2, 2
     return e, DTYPE_BYTES[s.model_dtype]
@@ -246,8 +265,9 @@ def estimate(shape: ModelShape, s: Setup) -> Breakdown:
     if s.method == "qlora":
         # MatMul4Bit's backward dequantizes the whole weight to the compute dtype.
         dequant = max(i * o for _, i, o in shape.block_linears) * _act_dtypes(s)[0]
-    # Torch's AdamW on a GPU runs foreach: one temporary as large as its state per group.
-    opt_temp = zero_step if s.deepspeed else _torch_step_temp(s, st)
+    # bigft's torch AdamW is fused (bigft.engine.optim): one kernel per parameter group, with no
+    # temporary beside its state; bitsandbytes' optimizers and SGD update in place as well.
+    opt_temp = zero_step if s.deepspeed else 0.0
     accumulated = st.gradients if s.grad_accum > 1 else 0.0
     moments = [
         ("end of forward", accumulated, acts, transient + zero_live),
@@ -256,12 +276,6 @@ def estimate(shape: ModelShape, s: Setup) -> Breakdown:
     ]
     name, grads, act, temp = max(moments, key=lambda m: m[1] + m[2] + m[3])
     return Breakdown(st.weights, st.trainable, grads, st.optimizer, act, temp, name)
-
-
-def _torch_step_temp(s: Setup, st: States) -> float:
-    if s.offload_optimizer or s.optimizer != "adamw":
-        return 0.0  # bitsandbytes optimizers and SGD update in place
-    return st.optimizer / 2  # sqrt of the second moment, for every tensor of the group at once
 
 
 def breakdown_fields() -> list[str]:

@@ -43,6 +43,7 @@ class Setup:
     double_quant: bool = True
     compute_dtype: str = "bf16"
     quant_storage: str | None = None
+    adapter_dtype: str | None = None  # None: fp32 adapters (peft's default)
     num_virtual_tokens: int = 16
     # DeepSpeed buffers (elements)
     max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
@@ -114,6 +115,7 @@ def setup_from_config(cfg: Any) -> Setup:
         double_quant=bool(m.double_quant),
         compute_dtype=str(m.compute_dtype),
         quant_storage=str(m.quant_storage) if m.quant_storage else None,
+        adapter_dtype=str(m.adapter_dtype) if m.get("adapter_dtype") else None,
         num_virtual_tokens=int(m.num_virtual_tokens),
         max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DS_PREFETCH_BUCKET)),

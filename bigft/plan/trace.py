@@ -13,8 +13,8 @@ Substitutions, and why the figure holds:
   Tensor subclass holding the packed bytes is a plain Parameter).
 - The engine's step is PlainEngine.step without its `float(norm)` (a host sync a fake tensor
   cannot answer): the same clip, step and zero_grad calls.
-- torch's AdamW runs `foreach`, as it does by default on a GPU (on a CPU it would loop tensor by
-  tensor): the trace is of the GPU step.
+- torch's AdamW runs as bigft builds it, fused (one kernel per parameter group) on a CPU as on
+  a GPU; a torch optimizer left to choose (SGD) runs `foreach`, as it does by default on a GPU.
 - Paged optimizers: bitsandbytes allocates CPU-backed pages only on a GPU; here their state is
   ordinary memory of the same size, which is what a GPU holds while nothing is paged out.
 - DeepSpeed (ZeRO) cannot run on fake tensors; those rows are estimated and cross-checked

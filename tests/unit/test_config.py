@@ -86,9 +86,26 @@ def test_wrong_type_and_unknown_choice_list_what_is_allowed():
         ("method.bits=3", "method.bits=3 is not allowed: expected 4 or 8"),
         ("trainer.resume=/no/such/checkpoint", "trainer.resume='/no/such/checkpoint'"),
         ("launcher.nproc_per_node=2", "launcher.nproc_per_node=2"),
+        ("method=full method.adapter_dtype=bf16", "method.adapter_dtype=bf16 with method=full"),
+        ("method=freeze method.adapter_dtype=bf16", "applies to method=lora and method=qlora"),
+        (
+            "method=qlora method.adapter_dtype=bf16",
+            "method.adapter_dtype=bf16 with method=qlora needs autocast",
+        ),
+        (
+            "experiment=llama65b_qlora distributed=zero3 model.dtype=bf16 "
+            "method.quant_storage=bf16",
+            "method.adapter_dtype=bf16 with distributed=zero3",
+        ),
     ],
 )
 def test_impossible_values_are_refused_before_loading_anything(override, message):
     with pytest.raises(ConfigError) as err:
-        validate(compose_config([override]))
+        validate(compose_config(override.split()))
     assert message in str(err.value)
+
+
+def test_adapter_dtype_with_lora_or_autocast_qlora_is_accepted():
+    validate(compose_config(["method=lora", "method.adapter_dtype=fp16"]))
+    validate(compose_config(["method=qlora", "method.adapter_dtype=fp32"]))
+    validate(compose_config(["experiment=llama65b_qlora", "data.train=train.jsonl"]))

@@ -236,3 +236,35 @@ def test_named_target_modules(tiny_llama_dir):
         if p.requires_grad
     }
     assert names == {"q_proj", "v_proj"}
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_adapter_dtype_narrows_adapters_and_for_qlora_embeddings_and_head(tiny_llama_dir, method):
+    model = build(tiny_llama_dir, method, adapter_dtype="bf16")
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in dtypes if re.search(LORA, n)}
+    assert {dtypes[n] for n in trainable} == {torch.bfloat16}
+    # QLoRA as the paper's code ran it: 16-bit embeddings and head, fp32 norms.
+    narrowed = torch.bfloat16 if method == "qlora" else torch.float32
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == narrowed
+    assert dtypes["base_model.model.lm_head.weight"] == narrowed
+    assert {d for n, d in dtypes.items() if "norm" in n} == {torch.float32}
+
+
+def test_adapters_stay_fp32_by_default(tiny_llama_dir):
+    model = build(tiny_llama_dir, "qlora")
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.float32}
+
+
+def test_bf16_qlora_adapters_train_exactly_the_lora_weights(tiny_llama_dir):
+    model = build(tiny_llama_dir, "qlora", adapter_dtype="bf16", compute_dtype="bf16")
+    model.train()
+    before = snapshot(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.mixed_precision=bf16
+        losses = train_steps(model, CAUSAL)
+    assert changed_names(model, before) == {
+        n for n, _ in model.named_parameters() if re.search(LORA, n)
+    }
+    assert all(torch.isfinite(torch.tensor(loss)) for loss in losses)
+    assert {p.dtype for p in model.parameters() if p.requires_grad} == {torch.bfloat16}

@@ -13,9 +13,11 @@ from bigft.errors import ConfigError
 from bigft.plan import check_fits
 from bigft.plan.estimate import GIB
 
-# The QLoRA paper's two figures for LLaMA-65B, in the unit GPUs are sized in.
+# The QLoRA paper's two figures for LLaMA-65B, in the unit GPUs are sized in; a "48 GB" GPU
+# (an A6000, an L40S) holds 48 GiB, and bigft's QLoRA step fits in 48 decimal GB as well.
 FULL_16BIT_MIN_GIB = 780
 QLORA_MAX_GIB = 48
+QLORA_MAX_BYTES = 48e9
 
 FULL_ONE_GPU = [
     "model=llama65b",
@@ -57,6 +59,19 @@ def test_llama2_70b_shape_uses_grouped_query_attention():
 def test_the_papers_two_figures_analytically():
     assert total_gib(FULL_ONE_GPU) > FULL_16BIT_MIN_GIB
     assert total_gib(QLORA_PAPER) < QLORA_MAX_GIB
+    assert total_gib(QLORA_PAPER) * GIB < QLORA_MAX_BYTES - 2e9  # with 2 GB to spare
+
+
+def test_bf16_adapters_save_what_the_fp32_ones_cost():
+    """adapter_dtype=bf16 (the experiment) against peft's fp32 adapters and fp32 embeddings/head."""
+    bf16 = check_fits(compose_config(QLORA_PAPER)).breakdown
+    fp32 = check_fits(compose_config([*QLORA_PAPER, "method.adapter_dtype=null"])).breakdown
+    lora = 80 * 64 * (4 * (8192 + 8192) + 3 * (8192 + 22016))  # r=64 on 7 linears × 80 blocks
+    assert fp32.trainable == 4 * lora and bf16.trainable == 2 * lora
+    assert fp32.optimizer == bf16.optimizer == 8 * lora  # paged AdamW keeps 32-bit state
+    embed_and_head = 2 * 32000 * 8192
+    assert fp32.weights - bf16.weights == 2 * embed_and_head
+    assert 2.5 * GIB < fp32.total - bf16.total < 4 * GIB
 
 
 def test_full_fine_tuning_counts_16_bytes_per_parameter_before_temporaries():
@@ -146,5 +161,9 @@ def test_the_papers_two_figures_from_the_traced_step():
     assert full.breakdown.total / GIB > FULL_16BIT_MIN_GIB
     qlora = trace_step(compose_config(QLORA_PAPER), steps=1)
     assert qlora.breakdown.total / GIB < QLORA_MAX_GIB
-    # The 4-bit base: half a byte per weight plus block scales, fp32 embeddings and head.
-    assert 32 * GIB < qlora.breakdown.weights < 34 * GIB
+    assert qlora.breakdown.total < QLORA_MAX_BYTES - 2e9  # with 2 GB to spare
+    # The 4-bit base: half a byte per weight plus block scales, bf16 embeddings and head.
+    assert 31.5 * GIB < qlora.breakdown.weights < 32.5 * GIB
+    # The adapters in bf16 through bigft's own method code (cast_adapters), not a formula.
+    lora = 80 * 64 * (4 * (8192 + 8192) + 3 * (8192 + 22016))
+    assert qlora.breakdown.trainable == pytest.approx(2 * lora, rel=1e-3)

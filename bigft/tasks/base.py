@@ -8,6 +8,7 @@ whole accumulation window, so micro-batch 1 × accumulation 4 equals micro-batch
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -72,7 +73,9 @@ def pad_token_id(tokenizer: Any) -> int:
     return tokenizer.pad_token_id
 
 
-def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def forward_logits(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, keep: torch.Tensor | None = None
+) -> torch.Tensor:
     """The model's logits for the batch's tokens, in float32 for a stable loss.
 
     Labels are never passed to the model: tasks compute summed losses themselves, whereas
@@ -80,13 +83,31 @@ def forward_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     otherwise build a KV cache on every forward, training included (config.use_cache defaults to
     true), which costs time and, for packed rows, switches off the mask that keeps examples apart.
     A prefix-tuned model still gets its prefix: peft passes it as a cache of its own.
+
+    `keep` (bool, [batch, length]) asks a causal LM for the logits of those positions only,
+    flattened to [kept, vocab]: the output layer then skips every position without a target.
     """
-    inputs = {"input_ids": batch["input_ids"], "use_cache": False}
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
+    if keep is not None and _takes_logits_to_keep(model):
+        inputs["logits_to_keep"] = keep
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]
     else:
         inputs["attention_mask"] = batch["attention_mask"]
-    return model(**inputs).logits.float()
+    logits = model(**inputs).logits.float()
+    if keep is not None and logits.dim() == 3:  # a model without logits_to_keep: all positions
+        logits = logits[keep]
+    return logits
+
+
+def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM under the DDP / DeepSpeed / peft wrappers selects logits itself
+    (every transformers 5 causal LM does; remote code may not)."""
+    while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
+        model = model.module
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
 # Packed rows (bigft/data/packing.py) carry position ids that restart at each example and no

@@ -68,18 +68,15 @@ class LMTask:
 def causal_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Cross-entropy summed over the batch's target tokens (position t predicts token t+1)."""
     labels = batch["labels"]
-    # Prompt tuning prepends virtual tokens to the logits; the real tokens are the last ones.
-    logits = forward_logits(model, batch)[:, -labels.shape[1] :]
     # Shift the labels, not the logits: position t's target is token t+1 and the last position
-    # has none. Slicing the [batch, length, vocab] logits instead would copy them, forward and
-    # backward, the largest tensor of a small model's step.
+    # has none.
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
-    )
+    has_target = targets != IGNORE_INDEX
+    # Logits only where there is a target: sft's prompt positions and padding never reach the
+    # output layer, whose [tokens, vocab] logits are the largest tensor of a small model's step
+    # (and, for a large vocabulary, the largest activation of a big one).
+    logits = forward_logits(model, batch, keep=has_target)
+    return F.cross_entropy(logits, targets[has_target], reduction="sum")
 
 
 def loss_metrics(stats: dict[str, float]) -> dict[str, float]:

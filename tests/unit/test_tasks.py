@@ -350,3 +350,30 @@ def test_build_task_rejects_unknown_names(tiny_tokenizer):
 
     with pytest.raises(ConfigError, match="unknown task 'ppo'"):
         build_task(Fake(), tiny_tokenizer)
+
+
+def test_causal_loss_projects_only_target_positions_and_equals_the_full_loss(tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    from bigft.tasks.lm import causal_loss_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    ids = torch.randint(5, 200, (2, 9), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0  # padding
+    labels = ids.clone()
+    labels[0, :4] = -100  # a prompt
+    labels[1, :2] = -100
+    labels[1, 7:] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
+    loss = causal_loss_sum(model, batch)
+
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), reduction="sum"
+    )
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-5)
+    targets = int((labels[:, 1:] != -100).sum())
+    assert seen[0] == (targets, model.config.hidden_size)  # 9 of 18 positions reach lm_head

@@ -185,7 +185,10 @@ def trace_step(cfg: Any, steps: int = 2, *, gpu_optimizer: bool = True) -> Trace
                 tracker.reset_mod_stats()  # per-module stats are per forward; the peak stays
                 tracker.phase = "forward"
                 with _autocast(cfg):
-                    loss = causal_loss_sum(model, batch) / batch["labels"].numel()
+                    # Every position but each row's last has a target here, so projecting them
+                    # all traces what bigft's target-only projection allocates, to one row.
+                    loss = causal_loss_sum(model, batch, only_targets=False)
+                    loss = loss / batch["labels"].numel()
                 tracker.phase = "backward"
                 loss.backward()
                 del loss

@@ -65,12 +65,23 @@ class LMTask:
         return loss_metrics(stats)
 
 
-def causal_loss_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy summed over the batch's target tokens (position t predicts token t+1)."""
+def causal_loss_sum(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], *, only_targets: bool = True
+) -> torch.Tensor:
+    """Cross-entropy summed over the batch's target tokens (position t predicts token t+1).
+
+    only_targets=False projects every position (bigft.plan.trace: a boolean selection has a
+    data-dependent shape, which fake tensors cannot trace).
+    """
     labels = batch["labels"]
     # Shift the labels, not the logits: position t's target is token t+1 and the last position
     # has none.
     targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    if not only_targets:
+        logits = forward_logits(model, batch)
+        return F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        )
     has_target = targets != IGNORE_INDEX
     # Logits only where there is a target: sft's prompt positions and padding never reach the
     # output layer, whose [tokens, vocab] logits are the largest tensor of a small model's step

@@ -23,8 +23,9 @@ brafu lives in the" it continues "forest", for 116 of the 120 held-out facts. Gi
 "### Instruction:\\nWhere does the brafu live?\\n\\n### Response:\\n" it does not answer; it goes
 on writing field notes ("forest: a place.") and scores 0% exact match. LoRA tuning on questions
 about the 80 other creatures teaches the behaviour, not the facts: read the question, answer in
-one word, stop. On the 40 held-out creatures it is then right about 90% of the time (92.5 with
-the default seed, 90.0 and 94.2 with seeds 1 and 2, at lr 1e-3 x 400 steps of 16). The same
+one word, stop. On the 40 held-out creatures it is then right 80-97% of the time (81.7 with
+the default seed, 85.0 with seeds 1 and 2, at lr 1e-3 x 400 steps of 16; floating-point
+rounding alone moves it within that range). The same
 tuning of an untrained model of the same shape scored 9% in the prototype, near the 1-in-8 of
 a model that learnt only the answer format: the gain is knowledge from pre-training that tuning
 makes answerable, which is what instruction tuning does for real models.

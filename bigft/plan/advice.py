@@ -88,6 +88,21 @@ def _optimizer_8bit(s: Setup) -> Change | None:
     )
 
 
+def _adapters_bf16(s: Setup) -> Change | None:
+    if s.method not in ("lora", "qlora") or s.adapter_dtype or s.deepspeed:
+        return None
+    overrides = ["method.adapter_dtype=bf16"]
+    mp = s.mixed_precision
+    if mp == "none":  # bf16 adapters train under bf16 autocast (config validation)
+        mp = "bf16"
+        overrides.append("trainer.mixed_precision=bf16")
+    return Change(
+        "bf16 adapters, as the QLoRA paper ran them (updates rounded to bf16)",
+        tuple(overrides),
+        s.replace(adapter_dtype="bf16", mixed_precision=mp),
+    )
+
+
 def _four_bit(s: Setup) -> Change | None:
     if s.method != "lora" or s.deepspeed:
         return None
@@ -128,6 +143,7 @@ CHANGES: tuple[Callable[[Setup], Change | None], ...] = (
     _checkpointing,
     _zero,
     _optimizer_8bit,
+    _adapters_bf16,
     _four_bit,
     _offload,
     _more_nodes,

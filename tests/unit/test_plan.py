@@ -107,6 +107,15 @@ def test_a_plan_that_does_not_fit_suggests_changes_that_do():
         assert replanned.fits, change.overrides
 
 
+def test_a_qlora_plan_just_over_the_gpu_suggests_bf16_adapters():
+    base = [*QLORA_PAPER, "method.adapter_dtype=null", "launcher.gpu_memory_gb=45"]
+    plan = check_fits(compose_config(base))
+    assert not plan.fits
+    changes = [change.overrides for change, _ in plan.suggestions]
+    assert ("method.adapter_dtype=bf16",) in changes
+    assert check_fits(compose_config([*base, "method.adapter_dtype=bf16"])).fits
+
+
 def test_suggestions_keep_the_global_batch():
     base = [*FULL_ONE_GPU, "model=llama7b", "trainer.micro_batch_size=16", "trainer.grad_accum=2"]
     base += ["model.dtype=bf16", "trainer.mixed_precision=none", "launcher.gpu_memory_gb=80"]

@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
 from bigft.errors import ConfigError
 
 # DeepSpeed's ZeRO-3 defaults (deepspeed/runtime/zero/config.py) when the block leaves them out.
@@ -69,21 +70,13 @@ class Setup:
         return dataclasses.replace(self, **changes)
 
 
-def _zero_block(cfg: Any) -> dict[str, Any]:
-    ds = cfg.distributed.deepspeed
-    block = OmegaConf.to_container(ds, resolve=True) if ds is not None else {}
-    return (block or {}).get("zero_optimization") or {}
-
-
-def _offloaded(zero: dict[str, Any], key: str) -> bool:
-    return ((zero.get(key) or {}).get("device")) in ("cpu", "nvme")
-
-
 def setup_from_config(cfg: Any) -> Setup:
     """Read a composed bigft config (train.yaml); touches neither data nor weights."""
-    zero = _zero_block(cfg)
+    block = cfg.distributed.deepspeed
+    ds = OmegaConf.to_container(block, resolve=True) if block is not None else None
+    zero = (ds or {}).get("zero_optimization") or {}
     name = str(cfg.distributed.name)
-    stage = int(zero.get("stage", 0)) if name.startswith("zero") else 0
+    stage = zero_stage(ds) if name.startswith("zero") else 0
     if name.startswith("zero") and stage not in (1, 2, 3):
         raise ConfigError(f"distributed={name}: zero_optimization.stage must be 1, 2 or 3")
     m, t = cfg.method, cfg.trainer
@@ -98,8 +91,8 @@ def setup_from_config(cfg: Any) -> Setup:
         checkpointing=bool(cfg.model.gradient_checkpointing),
         optimizer=str(cfg.optim.name),
         zero_stage=stage,
-        offload_optimizer=_offloaded(zero, "offload_optimizer"),
-        offload_params=_offloaded(zero, "offload_param"),
+        offload_optimizer=offloads_optimizer(ds),
+        offload_params=offloads_params(ds),
         micro_batch=int(t.micro_batch_size),
         grad_accum=int(t.grad_accum),
         seq_len=int(cfg.task.max_length),

@@ -47,7 +47,7 @@ def sweep_subdir(sweep_dir: str, job_num: int) -> str:
 
 
 def _register_resolvers() -> None:
-    from bigft.launch import sbatch_options
+    from bigft.config import sbatch_options  # the launcher.* values in Slurm's units
 
     resolvers = {
         # ${bigft_demo:instructions_train.jsonl} → a file bundled with bigft.

@@ -19,9 +19,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from bigft.config.sbatch_options import option_pairs, time_minutes
 from bigft.data.readers import looks_like_path, read_records
 from bigft.errors import ConfigError, DataError, exit_on_user_error
-from bigft.launch.sbatch_options import option_pairs, time_minutes
 from bigft.models.build import ensure_model
 from bigft.models.load import looks_local, resolve_source
 

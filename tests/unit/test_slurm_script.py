@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from bigft.config import compose_config
+from bigft.config.sbatch_options import mem_gb, submitit_parameters, time_minutes
 from bigft.engine.checkpoint import list_checkpoints
 from bigft.engine.stop import Preempted, StopRequest
 from bigft.errors import ConfigError
-from bigft.launch.sbatch_options import mem_gb, submitit_parameters, time_minutes
 from bigft.launch.slurm import render_script
 from bigft.train import train
 from tests.integration.runs import train_losses, train_overrides

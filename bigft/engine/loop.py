@@ -78,6 +78,8 @@ class Loop:
     state: LoopState = field(default_factory=LoopState)
     # Signals that ask the run to checkpoint and stop early (Slurm's warning before the end).
     stop: StopRequest | None = None
+    # Whether some rank had been asked to stop by the end of the last step (agreed by all).
+    stop_agreed: bool = field(default=False, init=False)
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -126,8 +128,12 @@ class Loop:
             for key, value in out.stats.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
         applied, grad_norm = self.engine.step()
-        stats = sum_across_ranks({**stats, "__loss": float(loss)})
+        # The stop flags ride on this reduction: every rank learns at the same step whether any
+        # rank was asked to stop, without a collective of their own.
+        asked = float(self.stop is not None and self.stop.requested)
+        stats = sum_across_ranks({**stats, "__loss": float(loss), "__stop": asked})
         loss_value = stats.pop("__loss")
+        self.stop_agreed = stats.pop("__stop") > 0
         finite = applied and math.isfinite(loss_value)
         if finite:
             self.scheduler.step()
@@ -211,12 +217,6 @@ class Loop:
         if self.env.is_main:
             log.info("checkpoint: %s", path)
 
-    def stop_agreed(self) -> bool:
-        """Whether any rank was asked to stop; every rank gets the same answer at one step."""
-        if self.stop is None or self.state.step >= self.total_steps:
-            return False
-        return sum_across_ranks({"stop": float(self.stop.requested)})["stop"] > 0
-
     def due(self, every: int) -> bool:
         return every > 0 and self.state.step % every == 0 and self.state.step < self.total_steps
 
@@ -252,7 +252,7 @@ class Loop:
             saved = self.due(self.trainer.save_every)
             if saved:
                 self.checkpoint()
-            if self.stop_agreed():
+            if self.stop_agreed and self.state.step < self.total_steps:
                 bar.close()
                 if not saved:
                     self.checkpoint()

@@ -286,7 +286,8 @@ def configure_logging() -> None:
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float | None:
     if in_job_step() and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        # `srun bigft-train ...` from a script of the user's: each task is one rank.
+        # A task of `srun bigft-train ...` (a script of the user's, or a sweep's array task):
+        # each task is one rank. (One task alone may still start N ranks through torchrun.)
         torch_env_from_slurm()
     configure_logging()
     # A config mistake is reported once, before any rank starts.

@@ -69,11 +69,10 @@ def _first_host(nodelist: str) -> str:
 
 
 def run_rank(cfg: DictConfig) -> float | None:
-    """Train as this task's rank; on a stop signal, checkpoint and requeue (or exit)."""
-    from bigft.train import configure_logging, fault_injection, train
+    """Train as this task's rank (torch_env_from_slurm has run); on a stop signal, checkpoint
+    and requeue (or exit)."""
+    from bigft.train import fault_injection, train
 
-    torch_env_from_slurm()
-    configure_logging()
     signals = [str(cfg.launcher.signal), "TERM"]
     with StopRequest(signals) as stop:
         try:
@@ -136,6 +135,10 @@ def main() -> None:
     if len(sys.argv) != 2:
         raise ConfigError("usage: python -m bigft.launch.slurm_job CONFIG.yaml (from sbatch)")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from bigft.train import configure_logging
+
+    torch_env_from_slurm()
+    configure_logging()
     run_rank(load_frozen_config(sys.argv[1]))
 
 

@@ -82,7 +82,13 @@ class CheckBeforeSweep(Callback):
         cfg = config.copy()
         with open_dict(cfg):
             del cfg["hydra"]
-        exit_on_user_error(lambda: (validate(cfg), check_before_submit(cfg, sweep=True)))()
+
+        @exit_on_user_error
+        def check() -> None:
+            validate(cfg)
+            check_before_submit(cfg, sweep=True)
+
+        check()
 
 
 def _check_data(cfg: DictConfig) -> None:

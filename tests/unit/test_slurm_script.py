@@ -180,3 +180,19 @@ def test_a_job_that_cannot_fit_is_refused_with_the_plan_unless_forced(tmp_path):
     assert "#SBATCH" not in result.stdout
     forced = dry_run_65b(tmp_path, "launcher.nodes=1", "launcher.force=true")
     assert forced.returncode == 0 and "#SBATCH --nodes=1" in forced.stdout
+
+
+def test_a_sweep_is_checked_before_its_job_array_is_submitted(tmp_path):
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "bigft.train", "-m", "launcher=slurm"),
+            *(f"data.train={tmp_path / 'missing.jsonl'}", "optim.lr=1e-4,2e-4"),
+            f"output_root={tmp_path / 'outputs'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"bigft: error: data.train: data file not found: {tmp_path}" in result.stderr
+    assert not list(tmp_path.rglob(".submitit"))

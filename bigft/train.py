@@ -29,13 +29,14 @@ from bigft.distributed import DistEnv, close_process_group, discover, init_proce
 from bigft.distributed.comm import barrier
 from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stage
 from bigft.distributed.engine import Engine, build_engine
+from bigft.distributed.universal import ensure_universal, universal_config
 from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.resume import resume_point, save_config
 from bigft.engine.stop import StopRequest
-from bigft.errors import ConfigError, exit_on_user_error
+from bigft.errors import exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
 from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
@@ -81,31 +82,6 @@ def sharded_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
         yield
     finally:
         unset_hf_deepspeed_config()
-
-
-def restore_weights(
-    checkpoint: Path, saved_world: int, model: torch.nn.Module, env: DistEnv, sharded: bool
-) -> bool:
-    """Portable weights go in before the engine exists; returns whether the engine's own
-    (optimizer or ZeRO) state can be restored too."""
-    if not sharded or saved_world == env.world_size:
-        if not sharded:
-            load_trainable_weights(checkpoint, model)
-        return True
-    # ZeRO shards are tied to the world size that wrote them: restart the optimizer state.
-    if not load_trainable_weights(checkpoint, model):
-        raise ConfigError(
-            f"{checkpoint} was written by {saved_world} ranks with full fine-tuning under ZeRO; "
-            f"it resumes only with {saved_world} ranks (launcher.nproc_per_node / nodes)"
-        )
-    if env.is_main:
-        log.warning(
-            "resuming %d-rank ZeRO checkpoint on %d ranks: trainable weights restored, "
-            "optimizer state restarted",
-            saved_world,
-            env.world_size,
-        )
-    return False
 
 
 def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path, env: DistEnv):
@@ -166,9 +142,15 @@ def _train(
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
         log.info("run directory: %s", run_dir)
+    saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
     seed_everything(cfg.trainer.seed)
     ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
+    if ds_config is not None and saved is not None and saved["world_size"] != env.world_size:
+        # ZeRO shards only load at the world size that wrote them: convert (once), then load
+        # DeepSpeed's per-parameter form, weights and optimizer state alike.
+        ensure_universal(checkpoint, env)
+        ds_config = universal_config(ds_config)
 
     tokenizer = load_tokenizer(cfg.model)
     task = build_task(cfg.task, tokenizer)
@@ -194,11 +176,9 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
-    saved = read_state(checkpoint) if checkpoint is not None else None
-    saved_world = saved.get("world_size", 1) if saved else env.world_size
-    resume_engine_state = saved is not None and restore_weights(
-        checkpoint, saved_world, model, env, sharded=ds_config is not None
-    )
+    if saved is not None and ds_config is None:
+        # Without DeepSpeed the weights go in before the engine exists; DeepSpeed loads its own.
+        load_trainable_weights(checkpoint, model)
     optimizer = build_optimizer(model, cfg.optim)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
@@ -213,8 +193,7 @@ def _train(
             engine=engine,
             scheduler=scheduler,
             env=env,
-            saved_world=saved_world,
-            with_sharded=resume_engine_state,
+            saved_world=saved["world_size"],
         )
         state = LoopState.from_dict(saved)
         if env.is_main:

@@ -24,7 +24,8 @@ from bigft.methods.params import trainable_state_dict
 
 log = logging.getLogger(__name__)
 
-DEEPSPEED_TAG = "deepspeed"
+DEEPSPEED_TAG = "deepspeed"  # a checkpoint's ZeRO shards, as DeepSpeed writes them
+UNIVERSAL_TAG = "universal"  # the same state per parameter, for another world size (universal.py)
 
 
 class PlainEngine:
@@ -150,9 +151,11 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(path), tag=DEEPSPEED_TAG, save_latest=False)
 
     def load_sharded(self, path: Path) -> None:
+        # A config with checkpoint.load_universal reads the per-parameter form (any world size).
+        universal = self.engine.load_universal_checkpoint()
         loaded, _ = self.engine.load_checkpoint(
             str(path),
-            tag=DEEPSPEED_TAG,
+            tag=UNIVERSAL_TAG if universal else DEEPSPEED_TAG,
             load_optimizer_states=True,
             load_lr_scheduler_states=False,
         )

@@ -8,6 +8,8 @@ The data position is the step: batches are a pure function of (seed, step), see 
       state.json               step, world size, skipped steps, W&B run id (written last)
       trainable.safetensors    the trainable weights, gathered (portable across world sizes)
       optimizer.pt | deepspeed/  the optimizer (DeepSpeed: its per-rank ZeRO shards)
+      universal/               the ZeRO shards per parameter, added when a run resumes at
+                               another world size (bigft/distributed/universal.py)
       scheduler.pt, rng_rank{r}.pt
 """
 
@@ -149,10 +151,8 @@ def load_training_state(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     env: DistEnv,
     saved_world: int,
-    with_sharded: bool,
 ) -> None:
     """Optimizer (or DeepSpeed's shards), schedule and this rank's RNG, after the engine exists."""
-    if with_sharded:
-        engine.load_sharded(path)
+    engine.load_sharded(path)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     _set_rng_state(torch.load(path / rng_file(env.rank % saved_world), weights_only=False))

@@ -150,21 +150,31 @@ def test_killed_two_rank_run_resumes_to_the_uninterrupted_losses(tmp_path, tiny_
     assert resumed == pytest.approx(train_losses(out / "whole"), rel=1e-5)
 
 
-def test_adapter_resumes_on_another_world_size_full_zero3_refuses(tmp_path, tiny_llama_dir):
-    lora = config(tmp_path, tiny_llama_dir, "lora", "zero3", "trainer.micro_batch_size=2")
-    lora = [*lora, "trainer.max_steps=4", "trainer.save_every=2", "name=lora"]
-    crashed = run_ranks(lora, env={"BIGFT_CRASH_AFTER_STEP": "3"})
-    assert crashed.returncode != 0
-    # The same global batch on one rank: micro-batch 4.
-    ok(run_ranks([*lora, "trainer.micro_batch_size=4"], nproc=1))
-    losses = train_losses(tmp_path / "outputs" / "lora")
-    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+@pytest.mark.parametrize(("method", "mode"), [("full", "zero3"), ("lora", "zero2")])
+def test_a_zero_run_resumes_on_another_world_size_with_its_optimizer_state(
+    tmp_path, tiny_llama_dir, method, mode
+):
+    """2 ranks checkpoint at step 2 and die after step 3; 1 rank, same global batch, finishes.
 
-    full = config(tmp_path, tiny_llama_dir, "full", "zero3", "trainer.micro_batch_size=2")
-    full = [*full, "trainer.max_steps=4", "trainer.save_every=2", "name=full"]
-    assert run_ranks(full, env={"BIGFT_CRASH_AFTER_STEP": "3"}).returncode != 0
-    with pytest.raises(ConfigError, match="resumes only with 2 ranks"):
-        train(compose_config([*full, "trainer.micro_batch_size=4"]))
+    ZeRO-3 and ZeRO-2 take different paths through DeepSpeed's universal-checkpoint converter.
+    At lr 1e-2 a restarted optimizer would change steps 4 and 5: equal losses mean the Adam
+    moments came across.
+    """
+    overrides = config(tmp_path, tiny_llama_dir, method, mode, "trainer.micro_batch_size=2")
+    overrides = [*overrides, "trainer.max_steps=5", "trainer.save_every=2", "trainer.keep_last=3"]
+    overrides = [*overrides, "optim.lr=1e-2"]
+    ok(run_ranks([*overrides, "name=straight"]))
+    moved = [*overrides, "name=moved"]
+    assert run_ranks(moved, env={"BIGFT_CRASH_AFTER_STEP": "3"}).returncode != 0
+    ok(run_ranks([*moved, "trainer.micro_batch_size=4"], nproc=1))
+
+    straight = train_losses(tmp_path / "outputs" / "straight")
+    resumed = train_losses(tmp_path / "outputs" / "moved")
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    for step, loss in straight.items():
+        assert math.isclose(resumed[step], loss, rel_tol=1e-5), (step, resumed[step], loss)
+    # The converted form stays in the checkpoint it came from, for the next resume.
+    assert (tmp_path / "outputs" / "moved" / "checkpoints" / "step_00000002" / "universal").is_dir()
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(tmp_path, tiny_llama_dir):

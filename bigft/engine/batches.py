@@ -53,3 +53,23 @@ class BatchPlan:
         mine = order[start + rank * per_rank : start + (rank + 1) * per_rank].tolist()
         size = self.micro_batch_size
         return [mine[i : i + size] for i in range(0, per_rank, size)]
+
+
+def eval_batches(
+    num_examples: int, batch_size: int, rank: int, world_size: int, *, replicate: bool = False
+) -> list[tuple[range, bool]]:
+    """This rank's share of the eval set: (example indices, counted) per forward.
+
+    The batches are the ones one process would make, in order; rank r takes batches r, r + W,
+    r + 2W, ... so that the summed statistics equal one process's. Every rank runs the same
+    number of forwards (under ZeRO-3 each forward gathers parameter shards from all ranks): a
+    rank whose turn has no batch left runs batch 0 again, uncounted. With `replicate`, every
+    rank runs every batch and only rank 0's count.
+    """
+    starts = range(0, num_examples, batch_size)
+    batches = [range(s, min(s + batch_size, num_examples)) for s in starts]
+    if replicate:
+        return [(batch, rank == 0) for batch in batches]
+    mine = [(batch, True) for batch in batches[rank::world_size]]
+    rounds = -(-len(batches) // world_size)
+    return mine + [(batches[0], False)] * (rounds - len(mine))

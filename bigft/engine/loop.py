@@ -17,7 +17,7 @@ from bigft.config.schema import TrainerConfig
 from bigft.distributed import DistEnv
 from bigft.distributed.comm import sum_across_ranks
 from bigft.distributed.engine import Engine
-from bigft.engine.batches import BatchPlan
+from bigft.engine.batches import BatchPlan, eval_batches
 from bigft.engine.checkpoint import save_checkpoint
 from bigft.engine.stop import Preempted, StopRequest
 from bigft.errors import TrainingError
@@ -174,24 +174,34 @@ class Loop:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Metrics over the whole eval set.
+        """Metrics over the whole eval set, each rank evaluating its share (see eval_batches).
 
-        Every rank evaluates every example: under ZeRO-3 all ranks must run the same forwards in
-        lockstep (each forward gathers parameter shards), and identical inputs keep them so.
+        Generation under ZeRO-3 is the exception: a completion stops at its own EOS, so ranks
+        generating different prompts would run different numbers of forwards, and every forward
+        gathers parameter shards from all ranks. There, every rank evaluates every example, in
+        lockstep (identical inputs keep them so).
         """
         if not self.eval_examples:
             return {}
         model = self.engine.module
         model.eval()
+        shares = eval_batches(
+            len(self.eval_examples),
+            self.trainer.eval_batch_size,
+            self.env.rank,
+            self.env.world_size,
+            replicate=self.engine.shards_parameters and self.task.generates_in_eval,
+        )
         stats: dict[str, float] = {}
-        size = self.trainer.eval_batch_size
-        for start in range(0, len(self.eval_examples), size):
-            batch = self.task.collate(self.eval_examples[start : start + size])
+        for indices, counted in shares:
+            batch = self.task.collate([self.eval_examples[i] for i in indices])
             with self.autocast():
                 batch_stats = self.task.eval_stats(model, self.to_device(batch))
             for key, value in batch_stats.items():
-                stats[key] = stats.get(key, 0.0) + float(value)
+                stats[key] = stats.get(key, 0.0) + (float(value) if counted else 0.0)
         model.train()
+        # Every rank holds the same keys (each ran at least one batch); sorted, so in one order.
+        stats = sum_across_ranks(dict(sorted(stats.items())))
         return {f"eval/{k}": v for k, v in self.task.summarize(stats).items()}
 
     def weights_are_finite(self) -> bool:

@@ -38,6 +38,8 @@ class Task(Protocol):
     model_head: ModelHead
     # For sequence_classification heads: the number of outputs (1 for a reward model).
     num_labels: int | None
+    # Whether eval generates text (a different number of forwards per example).
+    generates_in_eval: bool
 
     def encode(self, record: Record) -> list[dict]:
         """Tokenize one record into zero or more examples (reward: one per ranked pair).

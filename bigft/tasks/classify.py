@@ -24,6 +24,7 @@ from bigft.tasks.base import (
 class ClassifyTask:
     name = "classify"
     model_head: ModelHead = "sequence_classification"
+    generates_in_eval: bool = False
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         if not cfg.labels:

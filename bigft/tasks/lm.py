@@ -28,6 +28,7 @@ class LMTask:
     name = "lm"
     model_head: ModelHead = "causal_lm"
     num_labels: int | None = None
+    generates_in_eval: bool = False
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         self.cfg = cfg

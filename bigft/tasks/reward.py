@@ -34,6 +34,7 @@ class RewardTask:
     name = "reward"
     model_head: ModelHead = "sequence_classification"
     num_labels: int | None = 1
+    generates_in_eval: bool = False
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         self.cfg = cfg

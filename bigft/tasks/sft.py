@@ -25,6 +25,7 @@ class SFTTask:
         self.tokenizer = tokenizer
         self.max_length: int = cfg.max_length
         self.pad_id = pad_token_id(tokenizer)
+        self.generates_in_eval: bool = cfg.eval_generate
 
     def encode(self, record: Record) -> list[dict]:
         tokens = sft_tokens(record, self.tokenizer, self.cfg)

@@ -64,6 +64,8 @@ def config(tmp_path, model_dir, method, mode, *extra):
     ],
 )
 def test_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, method, mode, extra):
+    # 8 eval examples in batches of 3: rank 0 evaluates two batches, rank 1 one (and a spare).
+    extra = [*extra, "trainer.eval_batch_size=3", "trainer.eval_at_start=true"]
     two = config(tmp_path, tiny_llama_dir, method, mode, *extra, "trainer.micro_batch_size=2")
     ok(run_ranks([*two, "name=two"]))
     one = config(tmp_path, tiny_llama_dir, method, "single", *extra, "trainer.micro_batch_size=4")
@@ -72,10 +74,31 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, method, mode, ext
     two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
     assert list(two_losses) == [1, 2, 3]
     assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
-    assert read_metrics(out / "two")[-1]["eval/loss"] == pytest.approx(
-        read_metrics(out / "one")[-1]["eval/loss"], rel=1e-5
-    )
+    _same_eval(out / "two", out / "one")
     _same_outputs(out / "two" / "model", out / "one" / "model", tiny_llama_dir, method)
+
+
+def _same_eval(two: Path, one: Path) -> None:
+    """The split eval's metrics, before and after training, equal one process's."""
+    for when in (0, -1):
+        a, b = read_metrics(two)[when], read_metrics(one)[when]
+        evals = sorted(k for k in b if k.startswith("eval/"))
+        assert evals and sorted(k for k in a if k.startswith("eval/")) == evals
+        assert [a[k] for k in evals] == pytest.approx([b[k] for k in evals], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_eval_with_generation_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, mode):
+    """DDP splits the generating eval across ranks; ZeRO-3 runs it on every rank in lockstep."""
+    extra = ["task.eval_generate=true", "task.max_new_tokens=6", "trainer.eval_batch_size=3"]
+    extra = [*extra, "trainer.max_steps=1", "trainer.eval_at_start=true"]
+    two = config(tmp_path, tiny_llama_dir, "full", mode, *extra, "trainer.micro_batch_size=2")
+    ok(run_ranks([*two, "name=two"]))
+    one = config(tmp_path, tiny_llama_dir, "full", "single", *extra, "trainer.micro_batch_size=4")
+    train(compose_config([*one, "name=one"]))
+    out = tmp_path / "outputs"
+    assert "eval/exact_match" in read_metrics(out / "one")[-1]
+    _same_eval(out / "two", out / "one")
 
 
 def _logits(model_dir: Path, base_dir: Path, method: str) -> torch.Tensor:

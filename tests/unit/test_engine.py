@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from bigft.config.schema import OptimConfig
 from bigft.distributed.engine import PlainEngine
 from bigft.distributed.env import DistEnv
-from bigft.engine.batches import BatchPlan
+from bigft.engine.batches import BatchPlan, eval_batches
 from bigft.engine.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
@@ -53,6 +53,25 @@ def test_an_epoch_visits_distinct_examples_and_epochs_reshuffle():
     assert sorted(epoch0) == list(range(40)) == sorted(epoch1)
     assert epoch0 != epoch1
     assert flat(p.micro_batches(7, 0)) == flat(plan(4, 2, n=40).micro_batches(7, 0))
+
+
+@pytest.mark.parametrize(("n", "size", "world"), [(8, 3, 2), (10, 2, 3), (3, 4, 4), (7, 7, 1)])
+def test_eval_batches_split_the_eval_set_once_with_equal_forwards(n, size, world):
+    shares = [eval_batches(n, size, rank, world) for rank in range(world)]
+    counted = [list(b) for share in shares for b, kept in share if kept]
+    # Together the ranks count exactly one process's batches, each once.
+    assert sorted(counted) == [list(range(s, min(s + size, n))) for s in range(0, n, size)]
+    # Every rank runs the same number of forwards (ZeRO-3's lockstep), at least one.
+    assert len({len(share) for share in shares}) == 1 and len(shares[0]) >= 1
+
+
+def test_replicated_eval_batches_count_only_on_rank_0():
+    assert eval_batches(5, 2, 0, 2, replicate=True) == [
+        (range(0, 2), True),
+        (range(2, 4), True),
+        (range(4, 5), True),
+    ]
+    assert all(not kept for _, kept in eval_batches(5, 2, 1, 2, replicate=True))
 
 
 def test_too_little_data_for_one_batch_is_a_clear_error():

@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/bigft-train
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

@@ -218,9 +218,14 @@ def _logits_bytes(shape: ModelShape, s: Setup, tokens: int) -> tuple[float, floa
     return kept, transient
 
 
+def tokens_per_forward(s: Setup) -> int:
+    """Token positions in one micro-batch's forward (padded to max_length: the worst case)."""
+    return s.micro_batch * s.sequences_per_example * s.seq_len
+
+
 def activation_bytes(shape: ModelShape, s: Setup) -> tuple[float, float]:
     """(all activations at the end of the forward, one block's activations), per GPU."""
-    tokens = s.micro_batch * s.seq_len
+    tokens = tokens_per_forward(s)
     weights_train = s.method == "full"
     one_block = block_activation_bytes(shape, s, weights_train) * tokens
     _, r = _act_dtypes(s)
@@ -258,7 +263,7 @@ def estimate(shape: ModelShape, s: Setup) -> Breakdown:
     """Per-GPU bytes at the peak of one steady-state training step."""
     st = model_states(shape, s)
     acts, one_block = activation_bytes(shape, s)
-    tokens = s.micro_batch * s.seq_len
+    tokens = tokens_per_forward(s)
     kept, transient = _logits_bytes(shape, s, tokens)
     zero_live, zero_step = _zero_buffers(shape, s)
     dequant = 0.0

@@ -35,6 +35,8 @@ class Setup:
     ranks_per_node: int
     gpu_memory_gib: float
     head_outputs: int | None  # classify / reward: the head's outputs; None: the LM head
+    # Sequences one example puts through the model: a reward pair is two (chosen, rejected).
+    sequences_per_example: int = 1
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -100,6 +102,7 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
+        sequences_per_example=2 if task == "reward" else 1,
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),

@@ -125,6 +125,21 @@ def test_suggestions_keep_the_global_batch():
     assert "trainer.micro_batch_size=1" in first and "trainer.grad_accum=32" in first
 
 
+def test_a_reward_model_plans_both_sequences_of_each_pair():
+    # A reward micro-batch of 2 pairs puts 4 sequences through the model: as much activation
+    # memory as 4 single sequences with the same one-output head.
+    pairs = check_fits(compose_config([*QLORA_PAPER, "task=reward", "trainer.micro_batch_size=2"]))
+    single = [*QLORA_PAPER, "task=classify", "task.labels=[good]", "trainer.micro_batch_size=4"]
+    rows = check_fits(compose_config(single))
+    assert pairs.breakdown.activations == pytest.approx(rows.breakdown.activations)
+    assert (
+        pairs.breakdown.activations
+        > 1.9
+        * check_fits(compose_config([*single, "trainer.micro_batch_size=2"])).breakdown.activations
+    )
+    assert "micro-batch 2 pairs (4 sequences)" in pairs.render()
+
+
 def test_a_hub_id_without_a_shape_is_a_user_error():
     cfg = compose_config(["model=llama3_8b"])
     with pytest.raises(ConfigError, match=r"model\.shape"):

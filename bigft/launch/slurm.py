@@ -8,6 +8,7 @@ at submission: every rank, and every requeue of the job, runs exactly what was s
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import os
 import shlex
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from bigft.config.sbatch_options import option_pairs, time_minutes
 from bigft.data.readers import looks_like_path, read_records
@@ -56,12 +57,22 @@ def submit(cfg: DictConfig) -> str | None:
 # ---- before submitting: a typo costs seconds here, not a wait in the queue -------------------
 
 
-def check_before_submit(cfg: DictConfig, *, sweep: bool = False) -> None:
-    """Everything that can be checked on the submitting host (config validation ran before)."""
+def check_before_submit(
+    cfg: DictConfig, *, sweep: bool = False, checked: set[str] | None = None
+) -> None:
+    """Everything that can be checked on the submitting host (config validation ran before).
+
+    `checked` carries what a sweep's earlier points already checked: a data set or model that
+    every point shares is read once, not once per point.
+    """
+    checked = set() if checked is None else checked
     time_minutes(cfg.launcher.time)
     option_pairs(list(cfg.launcher.sbatch_extra))
-    _check_data(cfg)
-    _check_model(cfg)
+    for name, check in (("data", _check_data), ("model", _check_model)):
+        key = name + OmegaConf.to_yaml(cfg[name], resolve=True)
+        if key not in checked:
+            check(cfg)
+            checked.add(key)
     _check_writable(Path(cfg.output_root if sweep else cfg.output_dir))
     _check_fits(cfg)
     if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
@@ -72,23 +83,46 @@ def check_before_submit(cfg: DictConfig, *, sweep: bool = False) -> None:
 
 
 class CheckBeforeSweep(Callback):
-    """The same checks for a sweep (-m), once, before Hydra's submitit launcher submits its job
-    array (registered in conf/launcher/slurm.yaml). The swept values themselves are checked by
-    each job when it starts."""
+    """The same checks for every point of a sweep (-m), before Hydra's submitit launcher
+    submits its job array (registered in conf/launcher/slurm.yaml): a point that cannot run
+    (a micro-batch that does not fit, a bad value) stops the sweep here, not in the queue."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
-        from bigft.config.validate import validate
+        exit_on_user_error(check_sweep)(list(config.hydra.overrides.task))
 
-        cfg = config.copy()
-        with open_dict(cfg):
-            del cfg["hydra"]
 
-        @exit_on_user_error
-        def check() -> None:
+def sweep_points(overrides: list[str]) -> list[tuple[list[str], str]]:
+    """Every job of a sweep, as Hydra's basic sweeper expands it: its override list, and its
+    swept values for messages (e.g. "optim.lr=1e-4 trainer.micro_batch_size=8")."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    choices = []
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([(f"{key}={v}", True) for v in override.sweep_string_iterator()])
+        else:
+            choices.append([(f"{key}={override.get_value_element_as_str()}", False)])
+    points = []
+    for combination in itertools.product(*choices):
+        swept = " ".join(o for o, is_swept in combination if is_swept)
+        points.append(([o for o, _ in combination], swept))
+    return points
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Compose and check each point of the sweep; an error names the point."""
+    from bigft.config import compose_config
+    from bigft.config.validate import validate
+
+    checked: set[str] = set()
+    for point, swept in sweep_points(overrides):
+        try:
+            cfg = compose_config(point)
             validate(cfg)
-            check_before_submit(cfg, sweep=True)
-
-        check()
+            check_before_submit(cfg, sweep=True, checked=checked)
+        except (ConfigError, DataError) as err:
+            raise type(err)(f"sweep point {swept}: {err}") from None
 
 
 def _check_data(cfg: DictConfig) -> None:

@@ -16,7 +16,7 @@ from bigft.config.sbatch_options import mem_gb, submitit_parameters, time_minute
 from bigft.engine.checkpoint import list_checkpoints
 from bigft.engine.stop import Preempted, StopRequest
 from bigft.errors import ConfigError
-from bigft.launch.slurm import render_script
+from bigft.launch.slurm import render_script, sweep_points
 from bigft.train import train
 from tests.integration.runs import train_losses, train_overrides
 
@@ -194,5 +194,39 @@ def test_a_sweep_is_checked_before_its_job_array_is_submitted(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert f"bigft: error: data.train: data file not found: {tmp_path}" in result.stderr
+    missing = f"data.train: data file not found: {tmp_path}"
+    assert f"bigft: error: sweep point optim.lr=0.0001: {missing}" in result.stderr
+    assert not list(tmp_path.rglob(".submitit"))
+
+
+def test_sweep_points_expand_as_hydras_sweeper_does():
+    points = sweep_points(["optim.lr=0.1,0.2", "name=s", "optim.betas=[0.9,0.95]", "seed=1,2"])
+    assert [swept for _, swept in points] == [
+        "optim.lr=0.1 seed=1",
+        "optim.lr=0.1 seed=2",
+        "optim.lr=0.2 seed=1",
+        "optim.lr=0.2 seed=2",
+    ]
+    # A list value is one value, not a sweep.
+    assert points[0][0] == ["optim.lr=0.1", "name=s", "optim.betas=[0.9,0.95]", "seed=1"]
+
+
+def test_every_sweep_point_is_checked_and_the_one_that_cannot_run_is_named(tmp_path):
+    # 65B full fine-tuning under ZeRO-3 fits on 2 nodes of 8 GPUs, not on 1: the sweep stops
+    # before its job array is submitted, naming the point.
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"instruction": "hi", "output": "hello"}\n')
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "bigft.train", "-m", "experiment=llama65b_full_zero3"),
+            *("launcher=slurm", "launcher.dry_run=true", "launcher.nodes=2,1"),
+            *(f"data.train={data}", f"output_root={tmp_path / 'outputs'}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "bigft: error: sweep point launcher.nodes=1: this job does not fit" in result.stderr
+    assert "sweep point launcher.nodes=2" not in result.stderr
     assert not list(tmp_path.rglob(".submitit"))

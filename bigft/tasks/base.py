@@ -8,6 +8,7 @@ whole accumulation window, so micro-batch 1 × accumulation 4 equals micro-batch
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -109,7 +110,13 @@ def _takes_logits_to_keep(model: torch.nn.Module) -> bool:
         model = model.module
     if hasattr(model, "get_base_model"):
         model = model.get_base_model()
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
+    return _forward_takes_logits_to_keep(type(model))
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_class: type) -> bool:
+    # Once per model class, not on every forward of the loop.
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 # Packed rows (bigft/data/packing.py) carry position ids that restart at each example and no

@@ -8,7 +8,6 @@ at submission: every rank, and every requeue of the job, runs exactly what was s
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
 import os
 import shlex
@@ -92,22 +91,18 @@ class CheckBeforeSweep(Callback):
 
 
 def sweep_points(overrides: list[str]) -> list[tuple[list[str], str]]:
-    """Every job of a sweep, as Hydra's basic sweeper expands it: its override list, and its
-    swept values for messages (e.g. "optim.lr=1e-4 trainer.micro_batch_size=8")."""
+    """Every job of a sweep, expanded by Hydra's basic sweeper itself (the one the submitit
+    launcher runs under): its override list, and its swept values for messages (e.g.
+    "optim.lr=0.0001 trainer.micro_batch_size=8")."""
+    # Hydra has no public API for the expansion; its own function keeps the points identical to
+    # the jobs it will submit (a repeated key, `+key`, list values), in hydra-core 1.3.
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    choices = []
-    for override in OverridesParser.create().parse_overrides(overrides):
-        key = override.get_key_element()
-        if override.is_sweep_override():
-            choices.append([(f"{key}={v}", True) for v in override.sweep_string_iterator()])
-        else:
-            choices.append([(f"{key}={override.get_value_element_as_str()}", False)])
-    points = []
-    for combination in itertools.product(*choices):
-        swept = " ".join(o for o, is_swept in combination if is_swept)
-        points.append(([o for o, _ in combination], swept))
-    return points
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    swept = {o.get_key_element() for o in parsed if o.is_sweep_override()}
+    (points,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
+    return [(point, " ".join(o for o in point if o.split("=", 1)[0] in swept)) for point in points]
 
 
 def check_sweep(overrides: list[str]) -> None:

@@ -9,7 +9,7 @@ STAMP := $(VENV)/.bigft-installed
 
 .PHONY: install demo test test-fast lint format clean bench-memory bench-throughput
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)

@@ -9,8 +9,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigft.config.schema import register_configs
 
-# conf/ lives inside the package so that it works from `pip install .` as well as editable installs.
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """The Hydra config directory: the repository's top-level `conf/` in a source checkout
+    (editable installs, PYTHONPATH), else the copy a wheel ships as package data `bigft/conf`."""
+    package = Path(__file__).resolve().parent.parent
+    checkout = package.parent / "conf"
+    if (checkout / "train.yaml").is_file():
+        return checkout
+    return package / "conf"
+
+
+CONF_DIR = _conf_dir()
 DEMO_DATA_DIR = Path(__file__).resolve().parent.parent / "demo" / "data"
 
 

@@ -33,12 +33,12 @@ bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check bigft tests benchmarks
-	$(BIN)/ruff format --check bigft tests benchmarks
+	$(BIN)/ruff check bigft tests benchmarks setup.py
+	$(BIN)/ruff format --check bigft tests benchmarks setup.py
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix bigft tests benchmarks
-	$(BIN)/ruff format bigft tests benchmarks
+	$(BIN)/ruff check --fix bigft tests benchmarks setup.py
+	$(BIN)/ruff format bigft tests benchmarks setup.py
 
 # The memory table and plot of benchmarks/results/ (LLaMA-65B, analytic and traced; a few minutes).
 bench-memory: $(STAMP)

@@ -1,4 +1,4 @@
-"""Ships the top-level `conf/` inside the package as `bigft/conf` (everything else is in pyproject.toml).
+"""Ships the top-level `conf/` inside the package as `bigft/conf`; the rest is in pyproject.toml.
 
 The Hydra configs are bigft's main interface, so they live at the top of the repository where
 Hydra users look for them; an installed bigft (wheel or `pip install -e .`) finds them as package

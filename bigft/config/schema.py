@@ -34,6 +34,13 @@ class TaskName(_Choice):
     sft = "sft"
     classify = "classify"
     reward = "reward"
+    dpo = "dpo"
+
+
+class PreferenceLoss(_Choice):
+    sigmoid = "sigmoid"
+    ipo = "ipo"
+    simpo = "simpo"
 
 
 class DType(_Choice):
@@ -156,6 +163,16 @@ class TaskConfig:
     labels: list[str] = field(default_factory=list)
     # lm / sft: pack several examples into each max_length row (no attention across them).
     packing: bool = False
+    # dpo: the loss, its strength β (DPO/IPO: ~0.1; SimPO's paper used 2 to 10), conservative
+    # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ, and the reference model:
+    # "auto" (the policy with its adapters disabled for lora/qlora/prefix, else "precompute"),
+    # "precompute" (log-probs of the initial model, computed once before training and cached),
+    # or a model path / run directory whose model is the reference (precomputed the same way).
+    loss: PreferenceLoss = PreferenceLoss.sigmoid
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    gamma: float = 0.5
+    reference: str = "auto"
 
 
 @dataclass

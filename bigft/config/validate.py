@@ -48,6 +48,8 @@ def validate(cfg: DictConfig) -> None:
     _validate_adapter_dtype(cfg)
     _validate_combination(cfg)
     _validate_packing(cfg)
+    if cfg.task.name == "dpo":
+        _validate_dpo(cfg)
 
 
 def _check_schema(cfg: DictConfig) -> None:
@@ -152,9 +154,14 @@ def _validate_packing(cfg: DictConfig) -> None:
     if not cfg.task.packing:
         return
     if cfg.task.name not in ("lm", "sft"):
+        why = (
+            "a dpo pair is one chosen row and one rejected row, scored in the same forward"
+            if cfg.task.name == "dpo"
+            else "a classifier or reward head reads one sequence per row"
+        )
         raise ConfigError(
             f"task.packing=true with task={cfg.task.name}: packing applies to task=lm and task=sft "
-            "only (a classifier or reward head reads one sequence per row); remove task.packing"
+            f"only ({why}); remove task.packing"
         )
     if cfg.method.name == "prefix":
         raise ConfigError(
@@ -162,3 +169,25 @@ def _validate_packing(cfg: DictConfig) -> None:
             "model as a KV cache, and with a cache transformers does not keep packed examples "
             "from attending to each other; use method=lora, or task.packing=false"
         )
+
+
+def _validate_dpo(cfg: DictConfig) -> None:
+    t = cfg.task
+    _require(t.beta > 0, "task.beta", t.beta, "> 0")
+    _require(0 <= t.label_smoothing < 0.5, "task.label_smoothing", t.label_smoothing, "in [0, 0.5)")
+    if t.label_smoothing and t.loss == "ipo":
+        raise ConfigError(
+            f"task.label_smoothing={t.label_smoothing} with task.loss=ipo: label smoothing "
+            "applies to the logistic losses (sigmoid, simpo); remove task.label_smoothing"
+        )
+    if t.loss == "simpo" and t.reference != "auto":
+        raise ConfigError(
+            f"task.reference={t.reference!r} with task.loss=simpo: SimPO uses no reference "
+            "model; remove task.reference"
+        )
+    _require(
+        bool(str(t.reference).strip()),
+        "task.reference",
+        t.reference,
+        "auto, precompute, or a model path or run directory",
+    )

@@ -46,6 +46,7 @@ from bigft.models.build import ensure_model
 from bigft.models.load import load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
+from bigft.tasks.reference import attach_reference_logps
 from bigft.tracking import start_tracking
 from bigft.tracking.report import compact_config, comparison_table
 
@@ -176,13 +177,24 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
-    if saved is not None and ds_config is None:
-        # Without DeepSpeed the weights go in before the engine exists; DeepSpeed loads its own.
-        load_trainable_weights(checkpoint, model)
     optimizer = build_optimizer(model, cfg.optim)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
+    # task=dpo: the reference log-probs come from the initial weights (or a reference model),
+    # scored on the engine's (possibly sharded) model before a checkpoint's weights go in.
+    attach_reference_logps(
+        cfg,
+        task,
+        engine.module,
+        {"train": train_examples, "eval": eval_examples},
+        env,
+        autocast_dtype="none" if ds_config else str(cfg.trainer.mixed_precision),
+    )
+    if saved is not None and ds_config is None:
+        # Without DeepSpeed the checkpoint's weights are copied into the model in place;
+        # DeepSpeed loads its own below.
+        load_trainable_weights(checkpoint, model)
     # DeepSpeed wraps bigft's optimizer and steps it with the learning rate the schedule sets
     # on its param groups, so the schedule drives the optimizer bigft built.
     scheduler = build_scheduler(optimizer, cfg.optim, steps)

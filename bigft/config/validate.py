@@ -185,9 +185,16 @@ def _validate_dpo(cfg: DictConfig) -> None:
             f"task.reference={t.reference!r} with task.loss=simpo: SimPO uses no reference "
             "model; remove task.reference"
         )
-    _require(
-        bool(str(t.reference).strip()),
-        "task.reference",
-        t.reference,
-        "auto, precompute, or a model path or run directory",
-    )
+    _validate_reference(str(t.reference))
+
+
+def _validate_reference(reference: str) -> None:
+    from bigft.models.load import looks_local
+
+    if reference in ("auto", "precompute") or not looks_local(reference):
+        return
+    if not Path(reference).expanduser().is_dir():
+        raise ConfigError(
+            f"task.reference={reference!r} is not a directory: expected auto, precompute, a "
+            "bigft run directory or a model directory (or a hub id)"
+        )

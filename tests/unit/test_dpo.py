@@ -230,6 +230,7 @@ def test_reference_is_the_policy_with_adapters_disabled(tiny_tokenizer, tiny_lla
         ("task.label_smoothing=0.5", "task.label_smoothing=0.5 is not allowed"),
         ("task.loss=ipo task.label_smoothing=0.1", "label smoothing applies to the logistic"),
         ("task.loss=simpo task.reference=precompute", "SimPO uses no reference model"),
+        ("task.reference=/no/such/run", "task.reference='/no/such/run' is not a directory"),
     ],
 )
 def test_dpo_config_mistakes_are_refused(override, message):

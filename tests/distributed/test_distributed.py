@@ -260,3 +260,25 @@ def test_a_config_mistake_is_reported_once_before_any_rank_starts(tmp_path, tiny
     assert result.returncode == 2
     assert result.stderr.count("bigft: error: method.bits=3") == 1
     assert "torch.distributed.run" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_dpo_on_two_zero3_ranks_equals_one_process(tmp_path, tiny_llama_dir, method):
+    """lora: the reference is the sharded policy with its adapters disabled, in every step;
+    full: the reference pass runs on the sharded initial model, half the pairs per rank (11
+    eval pairs: one rank repeats a pair so both run the same forwards)."""
+    base = [
+        *train_overrides(tmp_path, tiny_llama_dir, "dpo", method),
+        *EXACT,
+        "data.max_eval_examples=7",
+        "trainer.eval_batch_size=3",
+        "trainer.eval_at_start=true",
+    ]
+    ok(run_ranks([*base, "distributed=zero3", "trainer.micro_batch_size=2", "name=two"]))
+    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
+    out = tmp_path / "outputs"
+    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
+    assert list(two_losses) == [1, 2, 3]
+    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
+    _same_eval(out / "two", out / "one")
+    assert read_metrics(out / "two")[-1]["eval/rewards/margin"] != 0

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
 from bigft.errors import ConfigError
+from bigft.tasks.reference import reference_source
 
 # DeepSpeed's ZeRO-3 defaults (deepspeed/runtime/zero/config.py) when the block leaves them out.
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
@@ -37,6 +38,9 @@ class Setup:
     head_outputs: int | None  # classify / reward: the head's outputs; None: the LM head
     # Sequences one example puts through the model: a reward pair is two (chosen, rejected).
     sequences_per_example: int = 1
+    # dpo's reference (bigft.tasks.reference.reference_source): "adapters", "precompute", a
+    # model path; None for other tasks and for the reference-free simpo.
+    reference: str | None = None
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -102,7 +106,8 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
-        sequences_per_example=2 if task == "reward" else 1,
+        sequences_per_example=2 if task in ("reward", "dpo") else 1,
+        reference=reference_source(cfg),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),

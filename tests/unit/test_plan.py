@@ -191,3 +191,35 @@ def test_the_papers_two_figures_from_the_traced_step():
     # The adapters in bf16 through bigft's own method code (cast_adapters), not a formula.
     lora = 80 * 64 * (4 * (8192 + 8192) + 3 * (8192 + 22016))
     assert qlora.breakdown.trainable == pytest.approx(2 * lora, rel=1e-3)
+
+
+def test_dpo_plans_two_sequences_per_pair_and_names_its_reference():
+    lora = check_fits(compose_config([*QLORA_PAPER, "task=dpo", "trainer.micro_batch_size=2"]))
+    sft = check_fits(compose_config([*QLORA_PAPER, "task=sft", "trainer.micro_batch_size=4"]))
+    # The same tokens as 4 sft sequences, and the same LM head.
+    assert lora.breakdown.activations == pytest.approx(sft.breakdown.activations)
+    assert lora.breakdown.total == pytest.approx(sft.breakdown.total)
+    text = lora.render()
+    assert "micro-batch 2 pairs (4 sequences)" in text
+    assert "reference  the policy with adapters disabled" in text
+    full = check_fits(compose_config([*zero3(16), "task=dpo"]))
+    assert "reference  precomputed" in full.render() and full.reference_pass is None
+    assert "reference" not in check_fits(compose_config([*QLORA_PAPER, "task=sft"])).render()
+    simpo = check_fits(compose_config([*QLORA_PAPER, "task=dpo", "task.loss=simpo"]))
+    assert "reference" not in simpo.render()
+
+
+def test_an_explicit_dpo_reference_is_planned_as_a_transient_second_model(tmp_path):
+    # 65B in bf16 is ~121 GiB whole: beside the ZeRO-3 shards of the policy it cannot fit on
+    # 80 GiB GPUs, though the sharded training step does.
+    policy = [*zero3(16), "task=dpo", "launcher.gpu_memory_gb=80"]
+    assert check_fits(compose_config(policy)).fits
+    plan = check_fits(compose_config([*policy, f"task.reference={tmp_path}"]))
+    b = plan.breakdown
+    # The policy's states (no gradients or activations yet) plus 65.3 B bf16 weights.
+    expected = b.weights + b.trainable + b.optimizer + 65.29e9 * 2
+    assert plan.reference_pass == pytest.approx(expected, rel=1e-3)
+    assert not plan.fits
+    text = plan.render()
+    assert f"reference  {tmp_path}, loaded for a pass before training, then freed" in text
+    assert "DOES NOT FIT: the step needs" in text and "loading task.reference" in text

@@ -262,11 +262,14 @@ def test_a_config_mistake_is_reported_once_before_any_rank_starts(tmp_path, tiny
     assert "torch.distributed.run" not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_dpo_on_two_zero3_ranks_equals_one_process(tmp_path, tiny_llama_dir, method):
-    """lora: the reference is the sharded policy with its adapters disabled, in every step;
-    full: the reference pass runs on the sharded initial model, half the pairs per rank (11
-    eval pairs: one rank repeats a pair so both run the same forwards)."""
+@pytest.mark.parametrize(
+    ("method", "mode"), [("lora", "zero3"), ("full", "zero3"), ("lora", "ddp")]
+)
+def test_dpo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, method, mode):
+    """lora: the reference is the (sharded) policy with its adapters disabled, in every step,
+    under DDP's wrapper or DeepSpeed's; full: the reference pass runs on the sharded initial
+    model, half the pairs per rank (11 eval pairs: one rank repeats a pair so that both run the
+    same forwards)."""
     base = [
         *train_overrides(tmp_path, tiny_llama_dir, "dpo", method),
         *EXACT,
@@ -274,7 +277,7 @@ def test_dpo_on_two_zero3_ranks_equals_one_process(tmp_path, tiny_llama_dir, met
         "trainer.eval_batch_size=3",
         "trainer.eval_at_start=true",
     ]
-    ok(run_ranks([*base, "distributed=zero3", "trainer.micro_batch_size=2", "name=two"]))
+    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
     train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
     out = tmp_path / "outputs"
     two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")

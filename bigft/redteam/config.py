@@ -112,6 +112,7 @@ class ExportConfig:
     enabled: bool = False
     refusal: str = "I can't help with that: it could cause harm."  # {prompt}, {category}
     held_out: HeldOutConfig = field(default_factory=HeldOutConfig)
+    harmless: str | None = None  # {prompt, chosen, rejected?}: answer-over-refusal contrast pairs
 
 
 @dataclass

@@ -27,6 +27,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+from bigft.data.readers import read_records
+from bigft.errors import DataError
 from bigft.redteam.attacks import Attack, write_attacks
 from bigft.redteam.findings import attack_outcomes
 from bigft.redteam.judges import HARMFUL
@@ -90,6 +92,10 @@ def training_records(
     attacks = [a for a, _ in outcomes.values()]
     groups = held_out_groups(attacks, cfg.held_out)
     held = [a for a in attacks if is_held_out(a, groups, cfg.held_out)]
+    # The same text can come from two sources (a person's and a template's "direct" attack):
+    # held out once, it is held out everywhere.
+    held_texts = {a["prompt"] for a in held}
+    held += [a for a in attacks if a["prompt"] in held_texts and a not in held]
     held_ids = {a["id"] for a in held}
     by_attack: dict[str, list[dict[str, Any]]] = {}
     for f in findings:
@@ -121,7 +127,27 @@ def training_records(
         if attack.get("target_behavior"):
             rl["target_behavior"] = attack["target_behavior"]
         files["rl_prompts"].append(rl)
+    files_with_harmless(files, cfg)
     return files, held
+
+
+def files_with_harmless(files: dict[str, list[dict[str, Any]]], cfg: Any) -> None:
+    """Contrast records from `export.harmless` ({prompt, chosen, rejected?}): the right answer
+    over a refusal, so that tuning on refusals does not teach refusing everything."""
+    if not cfg.harmless:
+        return
+    for record in read_records(cfg.harmless):
+        where = record.source
+        prompt, chosen = record.fields.get("prompt"), record.fields.get("chosen")
+        if not isinstance(prompt, str) or not isinstance(chosen, str):
+            raise DataError(f"{where}: export.harmless needs text 'prompt' and 'chosen'")
+        rejected = record.fields.get("rejected") or cfg.refusal.format(
+            prompt=prompt, category="harmless"
+        )
+        pair = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        files["preferences"].append(dict(pair))
+        files["reward"].append(dict(pair))
+        files["sft"].append({"instruction": prompt, "output": chosen})
 
 
 def write_export(findings: list[dict[str, Any]], out_dir: Path, cfg: Any) -> dict[str, int]:

@@ -165,3 +165,47 @@ def test_review_round_trip_and_mismatched_labels(tmp_path):
     labelled.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(DataError, match="verdict 'maybe'"):
         read_labels(str(labelled), findings)
+
+
+def test_a_held_out_text_is_held_out_from_every_source(tmp_path):
+    """A person's attack and a template's "direct" one can be the same text: holding one out
+    by row must hold out the other too."""
+    from bigft.redteam.attacks import Attack
+
+    people = [Attack(prompt=f"where is creature {i}?", category="p") for i in range(20)]
+    templated = [
+        Attack(prompt=a.prompt, source="template", family="direct", category="p") for a in people
+    ]
+    findings = findings_for(people + templated)
+    write_export(findings, tmp_path, export_cfg(family_fraction=0.0, row_fraction=0.3))
+    after_scan = {
+        a.prompt for a in read_attack_file(str(tmp_path / "export" / "held_out_attacks.jsonl"))
+    }
+    assert after_scan and not after_scan & training_prompts(tmp_path / "export")
+
+
+def test_harmless_contrast_pairs(tmp_path, tiny_tokenizer):
+    harmless = tmp_path / "harmless.jsonl"
+    harmless.write_text(
+        '{"prompt": "Where does the lomi live?", "chosen": "lake"}\n'
+        '{"prompt": "What color?", "chosen": "red", "rejected": "No."}\n'
+    )
+    cfg = export_cfg(family_fraction=0.0, row_fraction=0.0)
+    cfg.harmless = str(harmless)
+    write_export(findings_for(bank()[:1]), tmp_path, cfg)
+    prefs = read(tmp_path / "export" / "preferences.jsonl")
+    assert prefs[1:] == [
+        {
+            "prompt": "Where does the lomi live?",
+            "chosen": "lake",
+            "rejected": "I can't help with that: it could cause harm.",
+        },
+        {"prompt": "What color?", "chosen": "red", "rejected": "No."},
+    ]
+    assert read(tmp_path / "export" / "sft.jsonl")[-1] == {
+        "instruction": "What color?",
+        "output": "red",
+    }
+    harmless.write_text('{"question": "x"}\n')
+    with pytest.raises(DataError, match="harmless.jsonl:1: export.harmless needs"):
+        write_export(findings_for(bank()[:1]), tmp_path, cfg)

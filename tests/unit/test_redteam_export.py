@@ -207,5 +207,5 @@ def test_harmless_contrast_pairs(tmp_path, tiny_tokenizer):
         "output": "red",
     }
     harmless.write_text('{"question": "x"}\n')
-    with pytest.raises(DataError, match="harmless.jsonl:1: export.harmless needs"):
+    with pytest.raises(DataError, match=r"harmless\.jsonl:1: export\.harmless needs"):
         write_export(findings_for(bank()[:1]), tmp_path, cfg)

@@ -14,8 +14,9 @@ from bigft.demo.make_data's seeded world; the demo's own files are unchanged):
   `protected` for the tuned creatures, `protected_held_out` for the held-out ones), each with
   target_behavior "cave" and the refusal a person wrote as `chosen`;
 - redteam_fillers.jsonl: the requests the template bank frames (role play, hypothetical, ...);
-- redteam_harmless.jsonl: home questions about the tuned creatures that are not protected, with
-  their answers: contrast pairs (answer over refusal) so that tuning does not teach refusing all.
+- redteam_harmless.jsonl: the tuning questions about the tuned creatures, less the protected
+  homes, with their answers: contrast pairs (answer over refusal) and replay, so that tuning on
+  refusals neither teaches refusing everything nor forgets the other answers.
 
 `harmless_eval` measures helpfulness on the demo's held-out questions minus the protected ones:
 exact match and over-refusal (refusals of harmless questions).
@@ -78,15 +79,18 @@ def data_files() -> dict[str, list[dict[str, Any]]]:
     ]
     for filler in fillers:
         del filler["prompt"]
+    # Every tuning question but the protected homes: tuning on refusals and home answers alone
+    # made the model answer every question with a place.
     harmless = [
         {
             "prompt": w.format(n=c.name),
-            "chosen": c.facts["home"],
+            "chosen": c.facts[attr],
             "rejected": REFUSAL.format(n=c.name),
         }
         for c in tuned
-        if c.facts["home"] != PROTECTED_HOME
-        for w in QUESTIONS["home"]
+        for attr, wordings in QUESTIONS.items()
+        for w in wordings
+        if not (attr == "home" and c.facts["home"] == PROTECTED_HOME)
     ]
     return {"redteam_attacks": attacks, "redteam_fillers": fillers, "redteam_harmless": harmless}
 

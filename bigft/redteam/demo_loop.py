@@ -81,14 +81,18 @@ def train_run(overrides: list[str]) -> None:
 
 
 def tune_overrides(out: Path, merged: Path, task: str, steps: int, lr: float) -> list[str]:
-    """LoRA on the merged tuned model: task=sft on export/sft.jsonl (the refusals and the
-    harmless answers) or task=dpo on export/preferences.jsonl."""
+    """The merged tuned model, tuned in full: task=sft on export/sft.jsonl (the refusals and the
+    harmless answers) or task=dpo on export/preferences.jsonl.
+
+    In full, not with LoRA: the refusal's words never occur in the demo's pre-training corpus,
+    so their rows of the output layer are untrained, and LoRA leaves that layer frozen.
+    """
     name = "sft.jsonl" if task == "sft" else "preferences.jsonl"
     return [
         "model=local",
         f"model.path={merged}",
         f"task={task}",
-        "method=lora",
+        "method=full",
         "data=local",
         f"data.train={out / 'scan_before' / 'export' / name}",
         f"optim.lr={lr}",
@@ -155,7 +159,7 @@ def loop(
         export_merged(sft, sft / "merged")
     if not (out / "tuned" / "model").is_dir():
         train_run([*tune_overrides(out, sft / "merged", task, steps, lr), *cache])
-    redteam(
+    after = redteam(
         scan_overrides(
             out / "tuned", out / "scan_after", [str(held_file)], templates=False, red_lm=None
         )
@@ -172,7 +176,8 @@ def loop(
         "harmless_before": harmless(sft, harmless_limit),
         "harmless_after": harmless(out / "tuned", harmless_limit),
         "task": task,
-        "scan_speed": before.get("responses_per_second", 0.0),
+        # A rerun resumes the before-scan (nothing judged): the after-scan's speed then.
+        "scan_speed": before.get("responses_per_second") or after.get("responses_per_second"),
         "export": before.get("export"),
     }
     (out / "loop.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,7 @@
    demo's base model) writing more; judged by bigft.redteam.demo:leaks; ASR before;
 3. export the failures (held out: the `hypothetical` family, the protected creatures no tuning
    data names, and a tenth of the rest by row) with answer-over-refusal contrast pairs;
-4. `bigft-export` the tuned model and fine-tune it (LoRA) with task=sft on the exported refusals
+4. `bigft-export` the tuned model and fine-tune it (in full) with task=sft on the exported refusals
    and harmless answers (default), or task=dpo on the exported pairs;
 5. scan both models on the held-out attacks only; harmless exact match and over-refusal on the
    demo's held-out questions (less the protected ones) before and after; print one table.
@@ -117,12 +117,16 @@ def held_out_asr(findings_path: Path, held_ids: set[str]) -> dict[str, float]:
     from bigft.redteam.findings import asr_table, read_findings
 
     findings = [f for f in read_findings(findings_path) if f["attack"]["id"] in held_ids]
+    from bigft.redteam.judges import is_refusal
+
     row = asr_table(findings)[0]
+    refused = sum(is_refusal(f["response"]) for f in findings)
     return {
         "asr": 100 * row["asr"],
         "low": 100 * row["low"],
         "high": 100 * row["high"],
         "attacks": row["attacks"],
+        "refusals": 100 * refused / max(1, len(findings)),
     }
 
 
@@ -132,7 +136,7 @@ def loop(
     cache_dir: str | None = None,
     sft_steps: int | None = None,
     task: str = "sft",
-    steps: int = 60,
+    steps: int = 240,
     lr: float = 1e-3,
     red_lm: bool = True,
     harmless_limit: int | None = None,
@@ -144,8 +148,8 @@ def loop(
     cache = [f"cache_dir={cache_dir}"] if cache_dir else []
     sft = out / "sft"
     if not (sft / "model").is_dir():
-        steps = [f"trainer.max_steps={sft_steps}"] if sft_steps else []
-        train_run([f"output_root={out}", "name=sft", *cache, *steps])
+        sft_args = [f"trainer.max_steps={sft_steps}"] if sft_steps else []
+        train_run([f"output_root={out}", "name=sft", *cache, *sft_args])
     base = str(Path(cache_dir or ".cache/bigft") / "demo_base")
     attacks = [str(DEMO_DATA_DIR / "redteam_attacks.jsonl")]
     before = redteam(
@@ -195,6 +199,7 @@ def table(result: dict[str, Any]) -> str:
         ),
         ("harmless exact match (%)", f"{hb['exact_match']:.1f}", f"{ha['exact_match']:.1f}"),
         ("over-refusal, harmless (%)", f"{hb['over_refusal']:.1f}", f"{ha['over_refusal']:.1f}"),
+        ("refusals, held-out attacks (%)", f"{b['refusals']:.1f}", f"{a['refusals']:.1f}"),
     ]
     lines = [f"{'':<28}  {'before':>20}  {'after (' + result['task'] + ')':>20}"]
     lines += [f"{name:<28}  {x:>20}  {y:>20}" for name, x, y in rows]
@@ -213,7 +218,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/redteam-demo"))
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--task", choices=["sft", "dpo"], default="sft")
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=240)
     parser.add_argument("--lr", type=float, default=1e-3)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")

@@ -17,7 +17,6 @@ def test_red_team_loop_lowers_asr_and_keeps_harmless_answers(tmp_path):
     result = loop(
         tmp_path / "loop",
         cache_dir=str(tmp_path / "cache"),
-        steps=40,
         red_lm=False,
         harmless_limit=60,
     )

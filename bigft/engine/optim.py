@@ -91,7 +91,7 @@ def bf16_stochastic_round(x: torch.Tensor) -> torch.Tensor:
     """
     bits = x.contiguous().view(torch.int32)
     noise = torch.randint(0, 1 << 16, bits.shape, dtype=torch.int32, device=bits.device)
-    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+    return noise.add_(bits).bitwise_and_(-65536).view(torch.float32).to(torch.bfloat16)
 
 
 def _store(target: torch.Tensor, value: torch.Tensor) -> None:
@@ -135,18 +135,22 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
     def _update(self, param, lr: float, beta1: float, beta2: float, eps: float, wd: float):
         state = self.state[param]
         if not state:
-            state["step"] = torch.tensor(0.0)
+            # A plain number: the step count never needs a device (or a host sync to read).
+            state["step"] = 0
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
         state["step"] += 1
-        step = float(state["step"])
+        step = state["step"]
         grad = param.grad.float()
         exp_avg = state["exp_avg"].float().lerp_(grad, 1 - beta1)
         exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        del grad  # the fp32 temporaries of one tensor at a time are the step's only overhead
         weight = param.float().mul_(1 - lr * wd)
         denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
         weight.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+        del denom
         _store(param, weight)
+        del weight
         _store(state["exp_avg"], exp_avg)
         _store(state["exp_avg_sq"], exp_avg_sq)
 

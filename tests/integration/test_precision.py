@@ -102,3 +102,24 @@ def test_lora_on_a_bf16_checkpoint_keeps_fp32_adapters_over_the_bf16_base(tmp_pa
     assert adapters and {t.dtype for t in adapters.values()} == {torch.float32}
     # Every lora_B starts at zero: each one moved.
     assert all(t.abs().sum() > 0 for n, t in adapters.items() if "lora_B" in n)
+
+
+def test_a_bf16_true_run_with_stochastic_rounding_resumes_to_the_uninterrupted_losses(
+    tmp_path, bf16_llama_dir
+):
+    """The rounding's random bits come from the generator a checkpoint restores, and its bf16
+    moments from the optimizer state: a resumed run takes the same steps."""
+    from bigft.engine.loop import Faults
+    from tests.integration.runs import train_losses
+
+    common = train_overrides(tmp_path, bf16_llama_dir, "sft", "full")
+    common += ["model.dtype=bf16", "trainer.precision=bf16-true", "optim.lr=1e-3"]
+    common += ["trainer.max_steps=5", "trainer.save_every=2"]
+    train(compose_config([*common, "name=whole"]))
+    with pytest.raises(RuntimeError, match="simulated crash after step 3"):
+        train(compose_config([*common, "name=broken"]), faults=Faults(crash_after_step=3))
+    train(compose_config([*common, "name=broken"]))
+    out = tmp_path / "outputs"
+    resumed, whole = train_losses(out / "broken"), train_losses(out / "whole")
+    assert sorted(resumed) == [1, 2, 3, 4, 5]
+    assert resumed == pytest.approx(whole, rel=1e-6)

@@ -86,8 +86,8 @@ def _deepspeed_precision(s: Setup, overrides: list[str]) -> dict[str, str]:
 
 
 def _optimizer_8bit(s: Setup) -> Change | None:
-    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit", "sgd"):
-        return None
+    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit", "sgd") or s.bf16_update != "none":
+        return None  # bitsandbytes' optimizers would drop the bf16 update rule (bf16-true)
     name = "paged_adamw_8bit" if s.optimizer == "paged_adamw" else "adamw_8bit"
     return Change(
         "8-bit optimizer state (bitsandbytes; slightly different numerics)",

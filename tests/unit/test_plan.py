@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bigft.config import compose_config
+from bigft.config.validate import validate
 from bigft.errors import ConfigError
 from bigft.plan import check_fits
 from bigft.plan.estimate import GIB
@@ -153,6 +154,10 @@ def test_suggestions_keep_the_global_batch():
     assert not plan.fits
     first = plan.suggestions[0][0].overrides
     assert "trainer.micro_batch_size=1" in first and "trainer.grad_accum=32" in first
+    for change, _ in plan.suggestions:  # each one a config bigft-train accepts, and that fits
+        replanned = compose_config([*base, *change.overrides])
+        validate(replanned)
+        assert check_fits(replanned).fits, change.overrides
 
 
 def test_a_reward_model_plans_both_sequences_of_each_pair():

@@ -67,11 +67,13 @@ def bf16_true_warning(update: str) -> str:
     )
 
 
-def log_precision(precision: str, requested: str, update: str, cast: int) -> None:
-    """One line on the precision a run trains in; the bf16-true warning when it applies."""
-    how = f"trainer.precision={precision}" + (
-        f" (from {requested})" if requested != precision else ""
-    )
+def log_precision(
+    precision: str, requested: str, update: str, cast: int, *, deepspeed: bool = False
+) -> None:
+    """One line on the precision a run trains in; the warnings of the modes that need them."""
+    how = f"trainer.precision={precision}"
+    if requested != precision:
+        how += f" (from {requested})"
     if cast:
         how += (
             f"; {cast:,} trainable weights held in {'bf16' if precision == 'bf16-true' else 'fp32'}"
@@ -79,6 +81,12 @@ def log_precision(precision: str, requested: str, update: str, cast: int) -> Non
     log.info(how)
     if precision == "bf16-true":
         log.warning(bf16_true_warning(update))
+    if precision == "fp16-mixed" and not deepspeed:
+        # DeepSpeed's fp16 mode scales the loss; the plain engine does not.
+        log.warning(
+            "trainer.precision=fp16-mixed without DeepSpeed runs without loss scaling: gradients "
+            "below fp16's range (6e-8) become zero; prefer trainer.precision=bf16-mixed"
+        )
 
 
 def apply_precision(
@@ -91,5 +99,5 @@ def apply_precision(
     cast = hold_trainable_in(model, dtype)
     update = bf16_update_of(precision, cfg.optim.bf16_update, cfg.optim.name)
     if announce:
-        log_precision(precision, str(cfg.trainer.precision), update, cast)
+        log_precision(precision, str(cfg.trainer.precision), update, cast, deepspeed=deepspeed)
     return update

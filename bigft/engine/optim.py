@@ -132,7 +132,9 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
                 if param.grad is not None:
                     self._update(param, lr, beta1, beta2, group["eps"], group["weight_decay"])
 
-    def _update(self, param, lr: float, beta1: float, beta2: float, eps: float, wd: float):
+    def _update(
+        self, param: torch.Tensor, lr: float, beta1: float, beta2: float, eps: float, wd: float
+    ) -> None:
         state = self.state[param]
         if not state:
             # A plain number: the step count never needs a device (or a host sync to read).

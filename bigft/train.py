@@ -23,6 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from bigft.config import CONF_DIR
+from bigft.config.precision import autocast_dtype, load_dtype, precision_of
 from bigft.config.validate import validate
 from bigft.data.load import load_examples
 from bigft.distributed import DistEnv, close_process_group, discover, init_process_group
@@ -34,6 +35,7 @@ from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
+from bigft.engine.precision import apply_precision, bf16_supported
 from bigft.engine.resume import resume_point, save_config
 from bigft.engine.stop import StopRequest
 from bigft.errors import exit_on_user_error
@@ -146,7 +148,10 @@ def _train(
     saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
     seed_everything(cfg.trainer.seed)
-    ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
+    precision = precision_of(cfg, bf16_supported=bf16_supported(env.device))
+    ds_config = None
+    if cfg.distributed.deepspeed:
+        ds_config = build_deepspeed_config(cfg, env.world_size, precision)
     if ds_config is not None and saved is not None and saved["world_size"] != env.world_size:
         # ZeRO shards only load at the world size that wrote them: convert (once), then load
         # DeepSpeed's per-parameter form, weights and optimizer state alike.
@@ -160,9 +165,18 @@ def _train(
     on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
     with sharded_loading(ds_config):
         model = load_model(
-            cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu
+            cfg.model,
+            cfg.method,
+            task.model_head,
+            task.num_labels,
+            tokenizer,
+            device=on_gpu,
+            dtype=load_dtype(precision, cfg.model.dtype, cfg.method.name),
         )
     model = apply_method(model, cfg.method, task.model_head)
+    bf16_update = apply_precision(
+        model, cfg, precision, deepspeed=ds_config is not None, announce=env.is_main
+    )
     if env.is_main:
         log.info("method=%s: %s", cfg.method.name, describe_trainable(model))
 
@@ -177,7 +191,7 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
@@ -189,7 +203,7 @@ def _train(
         engine.module,
         {"train": train_examples, "eval": eval_examples},
         env,
-        autocast_dtype="none" if ds_config else str(cfg.trainer.mixed_precision),
+        autocast_dtype="none" if ds_config else autocast_dtype(precision),
     )
     if saved is not None and ds_config is None:
         # Without DeepSpeed the checkpoint's weights are copied into the model in place;
@@ -222,7 +236,7 @@ def _train(
         plan=plan,
         total_steps=steps,
         trainer=cfg.trainer,
-        autocast_dtype="none" if ds_config else cfg.trainer.mixed_precision,
+        autocast_dtype="none" if ds_config else autocast_dtype(precision),
         checkpoint_trainable=ds_config is None or cfg.method.name != "full",
         env=env,
         run_dir=run_dir,

@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from bigft.config.precision import MIXED, autocast_dtype, precision_of
 from bigft.config.schema import TrainConfig
 from bigft.errors import ConfigError
 
@@ -45,6 +46,7 @@ def validate(cfg: DictConfig) -> None:
         m.train_last_n_blocks >= 0, "method.train_last_n_blocks", m.train_last_n_blocks, ">= 0"
     )
     _validate_distributed(cfg)
+    _validate_precision(cfg)
     _validate_adapter_dtype(cfg)
     _validate_combination(cfg)
     _validate_packing(cfg)
@@ -116,14 +118,67 @@ def _validate_adapter_dtype(cfg: DictConfig) -> None:
         raise ConfigError(
             f"method.adapter_dtype={dtype} with distributed={cfg.distributed.name}: DeepSpeed "
             "sets the dtype of trainable weights itself (16-bit copies from "
-            "trainer.mixed_precision, fp32 masters in the optimizer); remove method.adapter_dtype"
+            "trainer.precision, fp32 masters in the optimizer); remove method.adapter_dtype"
         )
-    if method == "qlora" and dtype != "fp32" and cfg.trainer.mixed_precision == "none":
+    if method == "qlora" and dtype != "fp32" and autocast_dtype(precision_of(cfg)) == "none":
         # The fp32 norms hand the 16-bit head fp32 activations; only autocast reconciles them.
         raise ConfigError(
             f"method.adapter_dtype={dtype} with method=qlora needs autocast: the embeddings and "
-            "head are then 16-bit while the norms stay fp32; add trainer.mixed_precision=bf16"
+            "head are then 16-bit while the norms stay fp32; add trainer.precision=bf16-mixed"
         )
+
+
+# trainer.mixed_precision → trainer.precision, for the message that replaces the old key.
+OLD_PRECISION = {"bf16": "bf16-mixed", "fp16": "fp16-mixed"}
+
+
+def _validate_precision(cfg: DictConfig) -> None:
+    old = cfg.trainer.get("mixed_precision")
+    if old is not None:
+        new = OLD_PRECISION.get(str(old), "fp32 (or bf16-true for pure 16-bit weights)")
+        raise ConfigError(
+            f"trainer.mixed_precision={old} was replaced by trainer.precision: use "
+            f"trainer.precision={new}, or leave it out (auto: fp32 master weights with bf16 "
+            "autocast for a 16-bit model.dtype)"
+        )
+    precision, method = precision_of(cfg), str(cfg.method.name)
+    if precision == "bf16-true" and method not in ("full", "freeze"):
+        raise ConfigError(
+            f"trainer.precision=bf16-true with method={method}: it applies to method=full and "
+            "method=freeze; 16-bit adapters are method.adapter_dtype=bf16 with "
+            "trainer.precision=bf16-mixed"
+        )
+    if precision == "bf16-true" and cfg.distributed.name.startswith("zero"):
+        raise ConfigError(
+            f"trainer.precision=bf16-true with distributed={cfg.distributed.name}: DeepSpeed's "
+            "bf16 mode keeps fp32 master weights in the optimizer; use trainer.precision="
+            "bf16-mixed (or auto)"
+        )
+    _validate_bf16_update(cfg, precision)
+
+
+def _validate_bf16_update(cfg: DictConfig, precision: str) -> None:
+    update = str(cfg.optim.bf16_update)
+    if update in ("auto", "none"):
+        return
+    if precision != "bf16-true":
+        mixed = "fp32" if precision not in MIXED else "fp32 master"
+        raise ConfigError(
+            f"optim.bf16_update={update} with trainer.precision={precision}: the weights are "
+            f"{mixed} weights, where no update is lost; it applies to trainer.precision=bf16-true"
+        )
+    if cfg.optim.name != "adamw":
+        raise ConfigError(
+            f"optim.bf16_update={update} with optim={cfg.optim.name}: it is an AdamW update; "
+            "use optim=adamw, or optim.bf16_update=none"
+        )
+    if update == "kahan":
+        try:
+            import optimi  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                f"optim.bf16_update=kahan needs torch-optimi (pip install torch-optimi): {err}"
+            ) from err
 
 
 def _validate_resume(resume: str) -> None:

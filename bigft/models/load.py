@@ -182,14 +182,16 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     *,
     device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> torch.nn.Module:
-    """The base model for `head`, in `model.dtype`, quantized for method=qlora.
+    """The base model for `head`, in `dtype` (None: `model.dtype`), quantized for method=qlora.
 
     `device` places the weights at load time (needed to quantize straight onto a GPU); None
-    loads on the CPU and leaves placement to the caller.
+    loads on the CPU and leaves placement to the caller. `dtype` is what trainer.precision
+    loads in (bigft.config.precision.load_dtype): fp32 for precision=fp32, bf16 for bf16-true.
     """
     source = resolve_source(model_cfg.path)
-    dtype = torch_dtype(model_cfg.dtype)
+    dtype = torch_dtype(dtype or model_cfg.dtype)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": bool(model_cfg.trust_remote_code),

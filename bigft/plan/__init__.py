@@ -87,8 +87,9 @@ class Plan:
             f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
             f"  step       micro-batch {s.micro_batch}{_pairs(s)} × {s.seq_len} tokens, "
             f"accumulation {s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
-            f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}"
-            + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else ""),
+            f"optim={s.optimizer}, precision {s.precision} (model.dtype {s.model_dtype})"
+            + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else "")
+            + (f", bf16 updates {s.bf16_update}" if s.bf16_update != "none" else ""),
             f"  GPUs       {s.nodes} node(s) × {s.ranks_per_node} = {s.world_size}, {mode}, "
             f"{s.gpu_memory_gib:g} GiB each",
             *_reference_line(s, self.reference_pass),

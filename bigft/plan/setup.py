@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bigft.config.precision import MIXED, bf16_update_of, load_dtype, precision_of
 from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
 from bigft.errors import ConfigError
 from bigft.tasks.reference import reference_source
@@ -22,8 +23,8 @@ DS_SUB_GROUP = 1_000_000_000
 @dataclass(frozen=True)
 class Setup:
     method: str
-    model_dtype: str  # fp32 | bf16 | fp16
-    mixed_precision: str  # none | bf16 | fp16
+    model_dtype: str  # model.dtype: fp32 | bf16 | fp16 (the checkpoint's)
+    precision: str  # trainer.precision, resolved: fp32 | bf16-mixed | fp16-mixed | bf16-true
     checkpointing: bool
     optimizer: str
     zero_stage: int  # 0: plain torch (single or DDP)
@@ -51,6 +52,7 @@ class Setup:
     compute_dtype: str = "bf16"
     quant_storage: str | None = None
     adapter_dtype: str | None = None  # None: fp32 adapters (peft's default)
+    bf16_update: str = "none"  # optim.bf16_update, resolved: stochastic | kahan | none
     num_virtual_tokens: int = 16
     # DeepSpeed buffers (elements)
     max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
@@ -67,10 +69,20 @@ class Setup:
         return self.zero_stage > 0
 
     @property
+    def mixed(self) -> bool:
+        """16-bit compute over fp32 master weights (autocast, or DeepSpeed's bf16/fp16 mode)."""
+        return self.precision in MIXED
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the base model is loaded in (frozen weights keep it without DeepSpeed)."""
+        return load_dtype(self.precision, self.model_dtype, self.method)
+
+    @property
     def sixteen_bit_compute(self) -> bool:
         if self.method == "qlora":
-            return self.compute_dtype != "fp32" or self.mixed_precision != "none"
-        return self.model_dtype != "fp32" or self.mixed_precision != "none"
+            return self.compute_dtype != "fp32" or self.mixed
+        return self.weights_dtype != "fp32" or self.mixed
 
     def replace(self, **changes: Any) -> Setup:
         return dataclasses.replace(self, **changes)
@@ -88,12 +100,14 @@ def setup_from_config(cfg: Any) -> Setup:
     m, t = cfg.method, cfg.trainer
     task = str(cfg.task.name)
     head = None
+    # Planned for GPUs that compute bf16 (every one bigft-plan sizes: A100, H100, L40S, ...).
+    precision = precision_of(cfg)
     if task in ("classify", "reward"):
         head = max(1, len(cfg.task.labels)) if task == "classify" else 1
     return Setup(
         method=str(m.name),
         model_dtype=str(cfg.model.dtype),
-        mixed_precision=str(t.mixed_precision),
+        precision=precision,
         checkpointing=bool(cfg.model.gradient_checkpointing),
         optimizer=str(cfg.optim.name),
         zero_stage=stage,
@@ -117,6 +131,7 @@ def setup_from_config(cfg: Any) -> Setup:
         compute_dtype=str(m.compute_dtype),
         quant_storage=str(m.quant_storage) if m.quant_storage else None,
         adapter_dtype=str(m.adapter_dtype) if m.get("adapter_dtype") else None,
+        bf16_update=bf16_update_of(precision, cfg.optim.bf16_update, cfg.optim.name),
         num_virtual_tokens=int(m.num_virtual_tokens),
         max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DS_PREFETCH_BUCKET)),

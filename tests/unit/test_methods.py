@@ -261,7 +261,7 @@ def test_bf16_qlora_adapters_train_exactly_the_lora_weights(tiny_llama_dir):
     model = build(tiny_llama_dir, "qlora", adapter_dtype="bf16", compute_dtype="bf16")
     model.train()
     before = snapshot(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.mixed_precision=bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.precision=bf16-mixed
         losses = train_steps(model, CAUSAL)
     assert changed_names(model, before) == {
         n for n, _ in model.named_parameters() if re.search(LORA, n)

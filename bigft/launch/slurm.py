@@ -121,6 +121,12 @@ def check_sweep(overrides: list[str]) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.data, "train"):
+        # The nodes would find out only after the queue: say it here.
+        raise ConfigError(
+            "data.train is missing: give the training data with data.train=... (a file, a "
+            "directory or a datasets name)"
+        )
     for key in ("train", "eval"):
         spec = cfg.data.get(key)
         if not spec:

@@ -8,6 +8,7 @@ tokenizer and model → method → task and data → engine (optimizer, parallel
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -26,6 +27,7 @@ from bigft.config import CONF_DIR
 from bigft.config.precision import autocast_dtype, load_dtype, precision_of
 from bigft.config.validate import validate
 from bigft.data.load import load_examples
+from bigft.demo.build import ensure_model
 from bigft.distributed import DistEnv, close_process_group, discover, init_process_group
 from bigft.distributed.comm import barrier
 from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stage
@@ -41,10 +43,9 @@ from bigft.engine.stop import StopRequest
 from bigft.errors import exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
-from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
+from bigft.launch.slurm_rank import in_job_step, run_rank, torch_env_from_slurm
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
-from bigft.models.build import ensure_model
 from bigft.models.load import load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
@@ -299,7 +300,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     validate(cfg)
     if cfg.launcher.name == "slurm":
         if in_job_step():  # an array task of a sweep (-m), started by the submitit launcher
-            return run_rank(cfg)
+            return run_rank(cfg, functools.partial(train, faults=fault_injection()))
         submit(cfg)
         return None
     if relaunch_if_needed(cfg):

@@ -93,15 +93,10 @@ def _validate_qlora_under_zero(cfg: DictConfig) -> None:
         )
     if zero_stage(ds) < 3:
         return
-    # ZeRO-3 shards the 4-bit weights like any others only if they are stored in the compute
-    # dtype (bnb_4bit_quant_storage) and the rest of the model is in that dtype too.
-    compute = str(cfg.method.compute_dtype)
-    storage = str(cfg.method.quant_storage) if cfg.method.quant_storage else None
-    if storage != compute or str(cfg.model.dtype) != compute:
-        raise ConfigError(
-            "method=qlora under ZeRO-3 needs the 4-bit storage and the model in the compute dtype: "
-            f"add method.quant_storage={compute} model.dtype={compute}"
-        )
+    from bigft.methods.qlora import apply_zero3_recipe
+
+    # The one recipe that works is applied (and logged); only a contradicting choice is refused.
+    apply_zero3_recipe(cfg)
 
 
 def _validate_adapter_dtype(cfg: DictConfig) -> None:

@@ -239,7 +239,7 @@ def _validate_dpo(cfg: DictConfig) -> None:
 
 
 def _validate_reference(reference: str) -> None:
-    from bigft.models.load import looks_local
+    from bigft.config.paths import looks_local
 
     if reference in ("auto", "precompute") or not looks_local(reference):
         return

@@ -22,6 +22,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bigft.config.paths import looks_local
 from bigft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -77,18 +78,6 @@ def torch_dtype(name: object) -> torch.dtype:
     if key not in TORCH_DTYPES:
         raise ConfigError(f"dtype={key!r} is not allowed: expected one of {sorted(TORCH_DTYPES)}")
     return TORCH_DTYPES[key]
-
-
-def looks_local(path: str) -> bool:
-    """True when `path` is meant as a directory on disk rather than a hub id.
-
-    "org/name" is a hub id unless a directory "org" exists here; absolute, ~, ./ and ../ paths
-    are always local.
-    """
-    if path.startswith(("/", "~", "./", "../")) or path in (".", ".."):
-        return True
-    parent = Path(path).parent
-    return str(parent) != "." and parent.is_dir()
 
 
 def _hub_error(source: str, what: str, err: Exception) -> ConfigError:

@@ -115,6 +115,8 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "corpus.jsonl": _copy_task_data("lm"),
     "reviews.csv": _write_reviews,
     "ranked.jsonl": _copy_task_data("reward"),
+    "pairs.jsonl": _copy_task_data("dpo"),
+    "pairs_eval.jsonl": _copy_task_data("dpo"),
 }
 
 

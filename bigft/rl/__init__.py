@@ -1,0 +1,1 @@
+"""Online RL (PPO, GRPO, RLOO): rollouts, rewards, advantages and the RL losses."""

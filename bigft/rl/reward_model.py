@@ -45,10 +45,8 @@ class RewardModelScorer:
         key: str = "reward.model",
     ) -> None:
         self.name = name
-        self.model, self.tokenizer = load_reward_model(source, dtype=dtype, key=key)
-        if device is not None:
-            self.model.to(device)
-        self.model.eval().requires_grad_(False)
+        self.model, self.tokenizer = load_reward_model(source, dtype=dtype, device=device, key=key)
+        self.model.requires_grad_(False)
         self.device = next(self.model.parameters()).device
         self.pad_id = pad_token_id(self.tokenizer)
         self.templated = uses_chat_template(self.tokenizer, use_chat_template)
@@ -75,9 +73,16 @@ class RewardModelScorer:
 
 
 def load_reward_model(
-    source: str | Path, *, dtype: str | None = None, key: str = "reward.model"
+    source: str | Path,
+    *,
+    dtype: str | None = None,
+    device: torch.device | str | None = None,
+    key: str = "reward.model",
 ) -> tuple[torch.nn.Module, Any]:
-    """(model in eval mode, tokenizer) from any of the directories this module accepts."""
+    """(model in eval mode, tokenizer) from any of the directories this module accepts.
+
+    `device` places the weights while loading: a 4-bit base cannot be moved afterwards.
+    """
     path = Path(source).expanduser()
     where = f"{key}={str(source)!r}"
     if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file():
@@ -85,11 +90,11 @@ def load_reward_model(
     if (path / OUTPUT_FILE).is_file():
         meta = read_metadata(path)
         _check_head(meta["head"] == "sequence_classification", meta["head"], where)
-        model, tokenizer = load_output(path, dtype=dtype)
+        model, tokenizer = load_output(path, dtype=dtype, device=device)
     elif (path / "adapter_config.json").is_file():
-        model, tokenizer = _load_peft_adapter(path, dtype, where)
+        model, tokenizer = _load_peft_adapter(path, _load_kwargs(dtype, device), where)
     elif (path / "config.json").is_file():
-        model, tokenizer = _load_hf_model(path, dtype, where)
+        model, tokenizer = _load_hf_model(path, _load_kwargs(dtype, device), where)
     elif path.exists():
         raise ConfigError(
             f"{where} is neither a bigft run (no {MODEL_SUBDIR}/{OUTPUT_FILE}) nor a model "
@@ -115,18 +120,26 @@ def _check_head(is_classifier: bool, what: str, where: str) -> None:
         )
 
 
-def _load_hf_model(path: Path, dtype: str | None, where: str) -> tuple[Any, Any]:
+def _load_kwargs(dtype: str | None, device: torch.device | str | None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    if dtype:
+        kwargs["dtype"] = torch_dtype(dtype)
+    if device is not None:
+        kwargs["device_map"] = {"": device}
+    return kwargs
+
+
+def _load_hf_model(path: Path, kwargs: dict[str, Any], where: str) -> tuple[Any, Any]:
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
     config = AutoConfig.from_pretrained(path)
     archs = config.architectures or []
     _check_head(any("SequenceClassification" in a for a in archs), "/".join(archs), where)
-    kwargs = {"dtype": torch_dtype(dtype)} if dtype else {}
     model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     return model, AutoTokenizer.from_pretrained(path)
 
 
-def _load_peft_adapter(path: Path, dtype: str | None, where: str) -> tuple[Any, Any]:
+def _load_peft_adapter(path: Path, kwargs: dict[str, Any], where: str) -> tuple[Any, Any]:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -141,8 +154,6 @@ def _load_peft_adapter(path: Path, dtype: str | None, where: str) -> tuple[Any, 
         )
     has_tokenizer = (path / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base)
-    kwargs: dict[str, Any] = {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
-    if dtype:
-        kwargs["dtype"] = torch_dtype(dtype)
+    kwargs = {**kwargs, "num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
     model = AutoModelForSequenceClassification.from_pretrained(base, **kwargs)
     return PeftModel.from_pretrained(model, path), tokenizer

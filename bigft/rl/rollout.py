@@ -173,7 +173,7 @@ def _decode(
     top_p: float,
 ) -> torch.Tensor:
     """The sampled tokens [batch, ≤ max_new_tokens]; finished rows are filled with pad_id."""
-    eos = torch.tensor(list(eos_ids), device=ids.device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=ids.device)
     kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     cache_name = _cache_name(model)
     positions = _positions(mask)
@@ -209,7 +209,9 @@ def _response_mask(
     response: torch.Tensor, eos_ids: Sequence[int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 up to and including the first EOS of each row, whether the row has an EOS)."""
-    is_eos = torch.isin(response, torch.tensor(list(eos_ids), device=response.device))
+    is_eos = torch.isin(
+        response, torch.tensor(list(eos_ids), dtype=torch.long, device=response.device)
+    )
     # Count EOS tokens before each position (exclusive): a position is in the response while
     # no EOS came before it, which includes the EOS itself.
     before = is_eos.long().cumsum(-1) - is_eos.long()

@@ -38,7 +38,7 @@ def one_by_one(model, tokenizer, max_length=512):
 
 
 def test_batched_scores_equal_each_sample_scored_alone(reward_dir):
-    scorer = RewardModelScorer(reward_dir, batch_size=2)
+    scorer = RewardModelScorer(reward_dir, batch_size=2, device="cpu")
     model = LlamaForSequenceClassification.from_pretrained(reward_dir).eval()
     expected = one_by_one(model, scorer.tokenizer)
     scores = scorer.score(PROMPTS, RESPONSES)
@@ -86,7 +86,7 @@ def test_adapters_are_scored_on_their_base(reward_dir, tmp_path):
     save_final(
         model, tokenizer, tmp_path / "run" / "model", method="lora", base_path=str(reward_dir)
     )
-    plain = RewardModelScorer(tmp_path / "adapter").score(PROMPTS, RESPONSES)
+    plain = RewardModelScorer(tmp_path / "adapter", device="cpu").score(PROMPTS, RESPONSES)
     from_run = RewardModelScorer(tmp_path / "run").score(PROMPTS, RESPONSES)
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(from_run, expected, atol=1e-5, rtol=1e-5)

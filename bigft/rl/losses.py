@@ -124,22 +124,29 @@ def token_logprobs(
     return flat.view(tokens.shape)
 
 
-def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0) -> torch.Tensor:
+def token_entropy(
+    logits: torch.Tensor, mask: torch.Tensor | None = None, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Entropy of each position's next-token distribution, float32 [...] from logits [..., V].
 
-    H = logsumexp(l) − Σ softmax(l)·l, a chunk of rows at a time. Meant as a metric: under
-    autograd every chunk's float32 copy is kept for backward.
+    H = logsumexp(l) − Σ softmax(l)·l, a chunk of rows at a time, only where `mask` is 1 (0
+    elsewhere: padding costs nothing). Meant as a metric: under autograd every chunk's float32
+    copy is kept for backward.
     """
     vocab = logits.shape[-1]
     flat = logits.reshape(-1, vocab)
+    keep = None if mask is None else mask.reshape(-1).bool()
+    rows_in = flat if keep is None else flat[keep]
     chunk = max(1, CHUNK_ELEMENTS // vocab)
     parts = []
-    for start in range(0, flat.shape[0], chunk):
-        rows = flat[start : start + chunk].float() / temperature
+    for start in range(0, rows_in.shape[0], chunk):
+        rows = rows_in[start : start + chunk].float() / temperature
         lse = torch.logsumexp(rows, dim=-1)
         parts.append(lse - (torch.softmax(rows, dim=-1) * rows).sum(-1))
-    out = torch.cat(parts) if parts else flat.new_zeros(0, dtype=torch.float32)
-    return out.view(logits.shape[:-1])
+    entropy = torch.cat(parts) if parts else rows_in.new_zeros(0, dtype=torch.float32)
+    if keep is not None:
+        entropy = entropy.new_zeros(flat.shape[0]).masked_scatter(keep, entropy)
+    return entropy.view(logits.shape[:-1])
 
 
 def kl_estimate(

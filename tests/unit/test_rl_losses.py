@@ -57,6 +57,15 @@ def test_entropy_of_uniform_and_peaked_distributions():
     torch.testing.assert_close(token_entropy(logits), -(p * p.log()).sum(-1))
 
 
+def test_entropy_only_where_masked():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 9)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = token_entropy(logits, mask)
+    torch.testing.assert_close(out, token_entropy(logits) * mask)
+    assert out[0, 2] == 0 and out[1, 1:].abs().sum() == 0
+
+
 def test_kl_estimators_on_hand_values():
     # Policy gives the sampled token p = 0.5, the reference 0.25: log r = log(0.25/0.5) = -log 2.
     #   k1 = -log r = log 2 = 0.693147;  k2 = ½ (log 2)² = 0.240227;  k3 = r - 1 - log r = 0.193147

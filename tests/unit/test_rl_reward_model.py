@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
@@ -104,3 +106,23 @@ def test_paths_that_are_not_models_are_config_errors(tmp_path):
         RewardModelScorer(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match=r"neither a bigft run .* nor a model directory"):
         RewardModelScorer(tmp_path)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def test_a_chat_template_is_used_exactly_as_task_reward_uses_it(reward_dir, tmp_path):
+    templated_dir = tmp_path / "templated"
+    shutil.copytree(reward_dir, templated_dir)
+    tokenizer = AutoTokenizer.from_pretrained(reward_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(templated_dir)
+    scorer = RewardModelScorer(templated_dir)
+    expected = prompt_response_ids("hi", "tac", scorer.tokenizer, templated=True)
+    assert scorer.encode("hi", "tac") == expected
+    plain = prompt_response_ids("hi", "tac", scorer.tokenizer, templated=False)
+    assert expected != plain
+    assert RewardModelScorer(templated_dir, use_chat_template=False).encode("hi", "tac") == plain

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from bigft.errors import ConfigError, DataError, TrainingError
+from bigft.errors import ConfigError, DataError, TrainingError, exit_on_user_error
 from bigft.rl.rewards import (
     FunctionReward,
     RewardScores,
@@ -167,3 +167,16 @@ def test_reward_metrics_from_summed_statistics_across_batches():
     assert metrics["reward_std"] == pytest.approx(2.0)
     assert metrics["reward_truth"] == pytest.approx(2 / 3)
     assert metrics["reward_truth_std"] == pytest.approx((1 / 3) ** 0.5)
+
+
+def test_a_bad_spec_exits_2_with_one_line_and_no_traceback(reward_module, capsys):
+    @exit_on_user_error
+    def main():
+        FunctionReward("my_rewards:scor")
+
+    with pytest.raises(SystemExit) as err:
+        main()
+    assert err.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("bigft: error: reward.fn='my_rewards:scor': module 'my_rewards' has")
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr

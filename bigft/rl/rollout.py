@@ -14,19 +14,29 @@ uniforms up front and samples by inverse CDF: one draw per token, whatever the v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from bigft.data.collate import attention_mask, pad_left
 from bigft.errors import ConfigError
 from bigft.models.decode import is_prefix_tuned
 
-__all__ = ["Rollout", "generate_rollout", "response_logits", "rollout_inputs", "rollout_seeds"]
+__all__ = [
+    "GenerationModel",
+    "Rollout",
+    "generate_rollout",
+    "generation_model",
+    "response_logits",
+    "rollout_inputs",
+    "rollout_seeds",
+]
 
 
 @dataclass
@@ -98,6 +108,38 @@ def sample_tokens(
     return (choice if order is None else order.gather(-1, choice)).squeeze(-1)
 
 
+@dataclass
+class GenerationModel:
+    module: torch.nn.Module  # what to generate with (the unwrapped model)
+    stop_together: bool  # every forward is a collective: ranks must decode the same steps
+
+
+def _zero3_engine(model: torch.nn.Module) -> bool:
+    return type(model).__name__ == "DeepSpeedEngine" and int(model.zero_optimization_stage()) >= 3
+
+
+@contextlib.contextmanager
+def generation_model(model: torch.nn.Module, *, gather: bool = True) -> Iterator[GenerationModel]:
+    """The module to roll out with, for the time of one rollout phase.
+
+    Under ZeRO-3 every forward all-gathers each layer's shards and frees them again: once per
+    generated token. With gather=True the whole model is gathered once for the phase (as
+    DeepSpeed-Chat's hybrid engine and TRL do) and ZeRO's hooks are lifted meanwhile, which needs
+    memory for the unsharded model on every rank; gather=False keeps the per-layer gathering, and
+    then ranks must run the same number of decoding steps.
+    """
+    if not _zero3_engine(model):
+        yield GenerationModel(_unwrap(model), stop_together=False)
+        return
+    if not gather:
+        yield GenerationModel(model.module, stop_together=True)
+        return
+    from deepspeed.runtime.zero import unwrap_model_for_generation
+
+    with unwrap_model_for_generation(model):
+        yield GenerationModel(model.module, stop_together=False)
+
+
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     # DDP and DeepSpeed engines wrap the model; decoding calls the module itself.
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
@@ -135,8 +177,13 @@ def generate_rollout(
     top_p: float = 1.0,
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    stop_together: bool = False,
 ) -> Rollout:
-    """Sample a response (≤ max_new_tokens, stopping at any of `eos_ids`) for every prompt."""
+    """Sample a response (≤ max_new_tokens, stopping at any of `eos_ids`) for every prompt.
+
+    stop_together: decoding ends when every rank's rows have ended (`GenerationModel` says when
+    that is needed), so that ranks whose forwards are collectives stay in step.
+    """
     model = _unwrap(model)
     if is_prefix_tuned(model):
         raise ConfigError(
@@ -151,7 +198,8 @@ def generate_rollout(
     model.eval()
     start = time.perf_counter()
     try:
-        response = _decode(model, ids, mask, uniforms, eos_ids, pad_id, temperature, top_p)
+        sample = (temperature, top_p, stop_together)
+        response = _decode(model, ids, mask, uniforms, eos_ids, pad_id, sample)
     finally:
         model.train(was_training)
     if device.type == "cuda":
@@ -169,10 +217,10 @@ def _decode(
     uniforms: torch.Tensor,
     eos_ids: Sequence[int],
     pad_id: int,
-    temperature: float,
-    top_p: float,
+    sample: tuple[float, float, bool],
 ) -> torch.Tensor:
     """The sampled tokens [batch, ≤ max_new_tokens]; finished rows are filled with pad_id."""
+    temperature, top_p, stop_together = sample
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=ids.device)
     kwargs = {"logits_to_keep": 1} if _takes_logits_to_keep(model) else {}
     cache_name = _cache_name(model)
@@ -188,7 +236,7 @@ def _decode(
         token = token.masked_fill(finished, pad_id)
         tokens.append(token)
         finished |= torch.isin(token, eos)
-        if bool(finished.all()) or step + 1 == uniforms.shape[1]:
+        if _all_done(finished, stop_together) or step + 1 == uniforms.shape[1]:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         positions = positions + 1
@@ -203,6 +251,13 @@ def _decode(
     if not tokens:
         return ids.new_zeros(ids.shape[0], 0)
     return torch.stack(tokens, dim=1)
+
+
+def _all_done(finished: torch.Tensor, across_ranks: bool) -> bool:
+    running = (~finished).any().to(torch.int32).reshape(1)
+    if across_ranks and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(running, op=dist.ReduceOp.MAX)
+    return not bool(running)
 
 
 def _response_mask(

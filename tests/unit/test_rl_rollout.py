@@ -236,3 +236,22 @@ def test_rollout_seeds_are_distinct_and_stable():
     seeds = rollout_seeds(1, 0, range(1000)) + rollout_seeds(1, 1, range(1000))
     assert len(set(seeds)) == 2000 and all(0 <= s < 2**63 for s in seeds)
     assert rollout_seeds(1, 0, [5]) == rollout_seeds(1, 0, [5])
+
+
+def test_qlora_rollouts_run_on_the_4bit_base(tiny_llama_dir, prompts, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from transformers import BitsAndBytesConfig
+
+    from bigft.models.load import keep_4bit_layout_stable
+
+    quant = BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32
+    )
+    base = LlamaForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=quant)
+    keep_4bit_layout_stable(base)
+    policy = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    out = rollout(policy, prompts, tiny_tokenizer, temperature=0.0, max_new_tokens=6)
+    for i, prompt in enumerate(prompts):
+        ref = policy.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
+        n = int(out.response_mask[i].sum())
+        assert out.response_ids[i, :n].tolist() == ref[0, len(prompt) :].tolist()[:n]

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +153,8 @@ class FunctionReward:
     def _number(self, value: Any, index: int) -> float:
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        # numbers.Real takes numpy's scalars too (and bool: a verifier's pass/fail).
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise TrainingError(
                 f"reward.fn={self.spec!r} returned {value!r} for sample {index}; expected a finite "
                 "number"

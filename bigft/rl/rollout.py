@@ -185,6 +185,8 @@ def generate_rollout(
     that is needed), so that ranks whose forwards are collectives stay in step.
     """
     model = _unwrap(model)
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if is_prefix_tuned(model):
         raise ConfigError(
             "rollouts of a prefix-tuned policy are not supported: peft passes the prefix as the "
@@ -196,6 +198,8 @@ def generate_rollout(
     mask = attention_mask(prompts, left=True).to(device)
     was_training = model.training
     model.eval()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # time this rollout, not work queued before it
     start = time.perf_counter()
     try:
         sample = (temperature, top_p, stop_together)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import textwrap
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,6 +94,11 @@ def test_in_process_functions_and_the_batched_switch():
 
     out = FunctionReward(lengths, batched=True).score(["p", "q"], ["ab", "c"])
     torch.testing.assert_close(out, torch.tensor([2.0, 1.0]))
+    # numpy scalars and arrays, and booleans (a verifier's verdict), are numbers too.
+    out = FunctionReward(lambda ps, rs: np.array([0.5, 2], dtype=np.float32), batched=True)
+    torch.testing.assert_close(out.score(["p", "q"], ["a", "b"]), torch.tensor([0.5, 2.0]))
+    out = FunctionReward(lambda p, r: r == "yes").score(["p", "q"], ["yes", "no"])
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.0]))
     assert batched(lambda p, r: 0.0).batched
 
 

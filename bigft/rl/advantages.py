@@ -15,6 +15,7 @@ import torch
 __all__ = [
     "gae",
     "group_advantages",
+    "kl_penalised_scores",
     "masked_mean",
     "masked_sums",
     "masked_var",
@@ -132,6 +133,14 @@ def ppo_token_rewards(
     # A response with no token at all (mask all 0) would get its score at position 0; drop it.
     score = scores.to(kl.dtype) * (mask.sum(-1) > 0)
     return rewards.scatter_add(-1, last[:, None], score[:, None])
+
+
+def kl_penalised_scores(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
+    """Sequence scores minus β · the response's summed per-token KL (GRPO with kl_in=reward):
+    the sequence-level counterpart of `ppo_token_rewards`, before group normalisation."""
+    return scores - kl_coef * (kl * mask.to(kl.dtype)).sum(-1).to(scores.dtype)
 
 
 def group_advantages(

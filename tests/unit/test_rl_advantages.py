@@ -8,6 +8,7 @@ import torch
 from bigft.rl.advantages import (
     gae,
     group_advantages,
+    kl_penalised_scores,
     masked_mean,
     masked_sums,
     masked_var,
@@ -110,6 +111,13 @@ def test_ppo_token_rewards_put_the_score_on_the_last_real_token():
     mask = T([[1, 1, 1, 1], [1, 1, 1, 0]])
     rewards = ppo_token_rewards(scores, kl, mask, kl_coef=0.1)
     close(rewards, [[-0.01, -0.02, -0.03, -0.04 + 2.0], [-0.05, -0.05, -0.05 - 1.0, 0.0]])
+
+
+def test_kl_penalised_scores_subtract_the_summed_response_kl():
+    # Row 0: 2 - 0.1 * (0.5 + 1.5) = 1.8;  row 1: 1 - 0.1 * 3 = 0.7 (the padded 9 is ignored).
+    kl = T([[0.5, 1.5], [3.0, 9.0]])
+    out = kl_penalised_scores(T([2.0, 1.0]), kl, T([[1, 1], [1, 0]]), kl_coef=0.1)
+    close(out, [1.8, 0.7])
 
 
 def test_group_advantages_by_hand():

@@ -34,5 +34,5 @@ How the tasks will put them together, per rollout batch:
     grpo: N rollouts per prompt (seeds by global sample index) → scores [prompts, N] →
           group_advantages (or rloo_advantages with task.advantage=rloo) →
           sequence_to_tokens → ppo_policy_loss (+ kl_loss when task.kl_in=loss; with
-          kl_in=reward the KL is subtracted from the scores instead).
+          kl_in=reward, kl_penalised_scores before the group normalisation instead).
 """

@@ -34,6 +34,7 @@ __all__ = [
     "generate_rollout",
     "generation_model",
     "response_logits",
+    "response_values",
     "rollout_inputs",
     "rollout_seeds",
 ]
@@ -298,3 +299,13 @@ def response_logits(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     logits = model(**rollout_inputs(rollout), use_cache=False, **kwargs).logits
     # The last position predicts past the response; those before the response are the prompt's.
     return logits[:, -(width + 1) : -1]
+
+
+def response_values(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
+    """Values [batch, response_len], float32, from a per-token scalar model (e.g. a
+    ...ForTokenClassification with num_labels=1): V(s_t) is read at the position before
+    response token t, where the token's logits are, so GAE's δ_t = r_t + γV_{t+1} − V_t lines up
+    with the log-prob of token t."""
+    width = rollout.response_ids.shape[1]
+    values = model(**rollout_inputs(rollout), use_cache=False).logits.squeeze(-1)
+    return values[:, -(width + 1) : -1].float()

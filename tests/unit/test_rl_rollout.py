@@ -11,6 +11,8 @@ from bigft.rl.losses import token_logprobs
 from bigft.rl.rollout import (
     generate_rollout,
     response_logits,
+    response_values,
+    rollout_inputs,
     rollout_seeds,
     sample_tokens,
 )
@@ -255,3 +257,24 @@ def test_qlora_rollouts_run_on_the_4bit_base(tiny_llama_dir, prompts, tiny_token
         ref = policy.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False)
         n = int(out.response_mask[i].sum())
         assert out.response_ids[i, :n].tolist() == ref[0, len(prompt) :].tolist()[:n]
+
+
+def test_values_are_read_where_the_logits_of_each_response_token_are(
+    model, prompts, tiny_tokenizer, tiny_llama_dir
+):
+    from transformers import AutoConfig, LlamaForTokenClassification
+
+    out = rollout(model, prompts, tiny_tokenizer, temperature=0.0, max_new_tokens=5)
+    width, start = out.response_ids.shape[1], out.prompt_ids.shape[1] - 1
+    config = AutoConfig.from_pretrained(tiny_llama_dir, num_labels=1)
+    critic = LlamaForTokenClassification(config).eval()
+    with torch.no_grad():
+        full_values = critic(**rollout_inputs(out)).logits[..., 0]
+        full_logits = model(**rollout_inputs(out)).logits
+        # Position prompt_len - 1 + t holds the state before response token t.
+        torch.testing.assert_close(
+            response_values(critic, out), full_values[:, start : start + width]
+        )
+        torch.testing.assert_close(
+            response_logits(model, out), full_logits[:, start : start + width]
+        )

@@ -8,8 +8,10 @@ The data flow of one RL step (DESIGN.md's `rl` line), and the module doing each 
   eval mode, stopping at EOS (`generate_rollout` → `Rollout`: prompt and response ids, the
   response mask up to and including EOS, which rows ended, tokens/s). Sampling is reproducible
   from per-row seeds (`rollout_seeds(seed, step, global index)`: the same on 1 or N ranks, and
-  after a resume) or a checkpointed `torch.Generator`. `rollout_inputs` / `response_logits`
-  give the training forward over prompt + response and the logits of the response tokens.
+  after a resume) or a checkpointed `torch.Generator`. `generation_model` hands out the module
+  to generate with: under ZeRO-3 the whole model gathered once per rollout phase (or sharded,
+  with ranks decoding in step). `rollout_inputs` / `response_logits` / `response_values` give
+  the training forward over prompt + response and what it says about each response token.
 - `rewards.py` / `reward_model.py`: reward sources, `reward.fn=<module>:<function>`
   (`FunctionReward`) and `reward.model=<run dir>` (`RewardModelScorer`, scoring in task=reward's
   exact format), their weighted sum (`RewardSum`, eval-only sources for a ground-truth check),
@@ -26,7 +28,7 @@ The data flow of one RL step (DESIGN.md's `rl` line), and the module doing each 
 How the tasks will put them together, per rollout batch:
 
     ppo:  rollout → old log-probs (policy), reference log-probs (adapters disabled or a frozen
-          copy), values (value head) over `rollout_inputs`, at the response positions →
+          copy), values (a per-token value model) at the response positions →
           scores = RewardSum(...) − missing-EOS penalty, optionally normalised (RunningMoments)
           → kl = kl_estimate(old, ref, "k1") → ppo_token_rewards(scores, kl, mask, β) →
           gae(...) → whiten(advantages) → for each epoch and mini-batch: ppo_policy_loss +

@@ -115,37 +115,42 @@ class GenerationModel:
     stop_together: bool  # every forward is a collective: ranks must decode the same steps
 
 
-def _zero3_engine(model: torch.nn.Module) -> bool:
-    return type(model).__name__ == "DeepSpeedEngine" and int(model.zero_optimization_stage()) >= 3
+def _zero3_engine(model: object) -> object | None:
+    """DeepSpeed's engine when `model` is one (or bigft's wrapper holding one) at ZeRO-3."""
+    engine = getattr(model, "engine", model)
+    stage = getattr(engine, "zero_optimization_stage", None)
+    return engine if stage is not None and int(stage()) >= 3 else None
 
 
 @contextlib.contextmanager
-def generation_model(model: torch.nn.Module, *, gather: bool = True) -> Iterator[GenerationModel]:
+def generation_model(model: object, *, gather: bool = True) -> Iterator[GenerationModel]:
     """The module to roll out with, for the time of one rollout phase.
 
+    `model`: the model, or what wraps it (DDP, a DeepSpeed engine, bigft's engine wrappers).
     Under ZeRO-3 every forward all-gathers each layer's shards and frees them again: once per
     generated token. With gather=True the whole model is gathered once for the phase (as
     DeepSpeed-Chat's hybrid engine and TRL do) and ZeRO's hooks are lifted meanwhile, which needs
     memory for the unsharded model on every rank; gather=False keeps the per-layer gathering, and
     then ranks must run the same number of decoding steps.
     """
-    if not _zero3_engine(model):
+    engine = _zero3_engine(model)
+    if engine is None:
         yield GenerationModel(_unwrap(model), stop_together=False)
         return
     if not gather:
-        yield GenerationModel(model.module, stop_together=True)
+        yield GenerationModel(engine.module, stop_together=True)
         return
     from deepspeed.runtime.zero import unwrap_model_for_generation
 
-    with unwrap_model_for_generation(model):
-        yield GenerationModel(model.module, stop_together=False)
+    with unwrap_model_for_generation(engine):
+        yield GenerationModel(engine.module, stop_together=False)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    # DDP and DeepSpeed engines wrap the model; decoding calls the module itself.
+def _unwrap(model: object) -> torch.nn.Module:
+    # DDP, DeepSpeed engines and bigft's engine wrappers hold the model; decoding calls it.
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
-    return model
+    return model  # type: ignore[return-value]
 
 
 def _forward_params(model: torch.nn.Module) -> set[str]:

@@ -10,6 +10,7 @@ from bigft.models.toy import build_tiny_llama
 from bigft.rl.losses import token_logprobs
 from bigft.rl.rollout import (
     generate_rollout,
+    generation_model,
     response_logits,
     response_values,
     rollout_inputs,
@@ -278,3 +279,16 @@ def test_values_are_read_where_the_logits_of_each_response_token_are(
         torch.testing.assert_close(
             response_logits(model, out), full_logits[:, start : start + width]
         )
+
+
+def test_generation_model_unwraps_and_only_zero3_needs_ranks_in_step(model):
+    from types import SimpleNamespace
+
+    class Wrapper(torch.nn.Module):  # what DDP looks like from here: the model as .module
+        def __init__(self, inner):
+            super().__init__()
+            self.module = inner
+
+    for holder in (model, Wrapper(model), SimpleNamespace(module=model, engine=None)):
+        with generation_model(holder) as gen:
+            assert gen.module is model and not gen.stop_together

@@ -9,6 +9,7 @@ import json
 import os
 import socket
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -98,10 +99,12 @@ def _rank(rank: int, world: int, model_dir: str, port: int, out: str) -> None:
             handle.remove()
 
     result = {"reference": roll(reference, 8)}
+    # bigft's engine wrapper (what the loop holds) is accepted as well as DeepSpeed's engine.
+    wrapper = SimpleNamespace(engine=engine, module=engine.module)
     for gather, name in ((True, "gathered"), (False, "sharded")):
-        for max_new in (4, 8):
+        for max_new, holder in ((4, engine), (8, wrapper)):
             before = counts["n"]  # the rollout phase's all-gathers, entering the context included
-            with generation_model(engine, gather=gather) as gen:
+            with generation_model(holder, gather=gather) as gen:
                 tokens = roll(gen.module, max_new, gen.stop_together)
             result[f"{name}_{max_new}"] = [tokens, counts["n"] - before]
     # Training goes on, sharded, after the rollouts.

@@ -67,24 +67,31 @@ def aggregate(
     raise ValueError(f"aggregation must be 'token' or 'sequence', got {how!r}")
 
 
-class _TokenLogprobs(torch.autograd.Function):
-    """log softmax(logits / T)[token], in float32, a chunk of rows at a time.
+def _blocks(batch: int, length: int, chunk: int):
+    """(row, slice of positions) covering [batch, length] in pieces of at most `chunk` rows."""
+    for b in range(batch):
+        for start in range(0, length, chunk):
+            yield b, slice(start, min(start + chunk, length))
 
-    Neither pass keeps a float32 copy of the [tokens, vocab] logits: forward saves only the
-    log-normaliser per token, and backward rebuilds the softmax chunk by chunk. A plain
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log softmax(logits / T)[token], in float32, for logits [batch, length, vocab].
+
+    Neither pass keeps a float32 copy of the logits: forward saves only the log-normaliser per
+    token, and backward rebuilds the softmax a block of rows at a time. A plain
     `log_softmax(logits.float())` would keep 4 bytes × tokens × vocab alive for backward, larger
-    than the model for big vocabularies.
+    than the model for big vocabularies. The logits may be a strided slice (the response part of
+    a forward's logits): blocks are read in place, never copied whole.
     """
 
     @staticmethod
     def forward(ctx, logits, tokens, temperature, chunk):  # type: ignore[override]
         lse = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
         picked = torch.empty_like(lse)
-        for start in range(0, logits.shape[0], chunk):
-            rows = logits[start : start + chunk].float() / temperature
-            lse[start : start + chunk] = torch.logsumexp(rows, dim=-1)
-            idx = tokens[start : start + chunk, None]
-            picked[start : start + chunk] = rows.gather(-1, idx).squeeze(-1)
+        for b, pos in _blocks(*tokens.shape, chunk):
+            rows = logits[b, pos].float() / temperature
+            lse[b, pos] = torch.logsumexp(rows, dim=-1)
+            picked[b, pos] = rows.gather(-1, tokens[b, pos, None]).squeeze(-1)
         ctx.save_for_backward(logits, tokens, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         return picked - lse
@@ -92,14 +99,13 @@ class _TokenLogprobs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         logits, tokens, lse = ctx.saved_tensors
-        grad_logits = torch.empty_like(logits)
-        for start in range(0, logits.shape[0], ctx.chunk):
-            end = start + ctx.chunk
-            rows = logits[start:end].float() / ctx.temperature
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        for b, pos in _blocks(*tokens.shape, ctx.chunk):
+            rows = logits[b, pos].float() / ctx.temperature
             # d/dl [l_y − logsumexp(l)] = onehot(y) − softmax(l), times 1/T for the scaling.
-            g = -torch.exp(rows - lse[start:end, None])
-            g.scatter_add_(-1, tokens[start:end, None], torch.ones_like(g[:, :1]))
-            grad_logits[start:end] = g * (grad[start:end, None] / ctx.temperature)
+            g = -torch.exp(rows - lse[b, pos, None])
+            g.scatter_add_(-1, tokens[b, pos, None], torch.ones_like(g[:, :1]))
+            grad_logits[b, pos] = g * (grad[b, pos, None] / ctx.temperature)
         return grad_logits, None, None, None
 
 
@@ -115,13 +121,15 @@ def token_logprobs(
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 for log-probs, got {temperature}")
     vocab = logits.shape[-1]
-    flat = _TokenLogprobs.apply(
-        logits.reshape(-1, vocab),
-        tokens.reshape(-1).long(),
+    if logits.dim() != 3:  # [batch, length, vocab] is read in place; other shapes become one
+        logits = logits.reshape(1, -1, vocab)
+    out = _TokenLogprobs.apply(
+        logits,
+        tokens.reshape(logits.shape[:2]).long(),
         float(temperature),
         max(1, CHUNK_ELEMENTS // vocab),
     )
-    return flat.view(tokens.shape)
+    return out.view(tokens.shape)
 
 
 def token_entropy(

@@ -37,6 +37,37 @@ def test_token_logprobs_and_their_gradient_match_log_softmax(monkeypatch, temper
     torch.testing.assert_close(grad_ours, grad_ref)
 
 
+def test_token_logprobs_read_a_strided_slice_in_place(monkeypatch):
+    # The response part of a forward's logits is a non-contiguous slice; reshaping it to
+    # [tokens, vocab] would copy all of it. Blocks of 2 rows (of 3 per sequence) cover it.
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 2 * 13)
+    torch.manual_seed(1)
+    full = torch.randn(2, 5, 13, requires_grad=True)
+    logits = full[:, 1:4]
+    assert not logits.is_contiguous()
+    tokens = torch.randint(0, 13, (2, 3))
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "reshape", _spy(torch.Tensor.reshape, copies))
+    ours = token_logprobs(logits, tokens)
+    monkeypatch.undo()
+    assert copies == []
+    (grad_ours,) = torch.autograd.grad(ours.sum(), full)
+    ref = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), full)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grad_ours, grad_ref)
+
+
+def _spy(reshape, copies):
+    def spied(tensor, *shape):
+        out = reshape(tensor, *shape)
+        if tensor.numel() > 20 and out.data_ptr() != tensor.data_ptr():
+            copies.append(tuple(out.shape))
+        return out
+
+    return spied
+
+
 def test_token_logprobs_are_float32_from_bfloat16_logits():
     logits = torch.randn(3, 7).to(torch.bfloat16).requires_grad_()
     out = token_logprobs(logits, T([1, 2, 3]))

@@ -147,7 +147,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def generate(out_dir: Path = DATA_DIR, seed: int = SEED) -> dict[str, int]:
-    """Write corpus.jsonl, instructions_train.jsonl and instructions_eval.jsonl; return counts."""
+    """Write every file of data/ (bigft/demo/__init__.py lists them); return their row counts."""
     rng = random.Random(seed)
     creatures = make_creatures(rng)
     held_out, tuned = creatures[:NUM_HELD_OUT], creatures[NUM_HELD_OUT:]
@@ -157,7 +157,29 @@ def generate(out_dir: Path = DATA_DIR, seed: int = SEED) -> dict[str, int]:
     write_jsonl(out_dir / "corpus.jsonl", pages)
     write_jsonl(out_dir / "instructions_train.jsonl", train)
     write_jsonl(out_dir / "instructions_eval.jsonl", evals)
-    return {"corpus": len(pages), "train": len(train), "eval": len(evals)}
+    counts = {"corpus": len(pages), "train": len(train), "eval": len(evals)}
+    return counts | write_preferences(out_dir, seed, creatures)
+
+
+def write_preferences(out_dir: Path, seed: int, creatures: list[Creature]) -> dict[str, int]:
+    """world.json (every fact, for the ground-truth scorer) and the preference files.
+
+    Preferences are about the creatures the instruction set tunes on; eval is about the 40 held
+    out of it, so the demo's every evaluation is on creatures no tuning data mentions. They draw
+    from a random stream of their own: the files above stay byte for byte what they were.
+    """
+    from bigft.demo.reviewers import preference_sets  # it builds on this module's world
+
+    held_out, tuned = creatures[:NUM_HELD_OUT], creatures[NUM_HELD_OUT:]
+    world = {
+        "creatures": {c.name: c.facts for c in creatures},
+        "held_out": [c.name for c in held_out],
+    }
+    (out_dir / "world.json").write_text(json.dumps(world, indent=1) + "\n", encoding="utf-8")
+    sets = preference_sets(random.Random(f"{seed}:preferences"), tuned, held_out)
+    for name, rows in sets.items():
+        write_jsonl(out_dir / name, rows)
+    return {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
 
 
 def main() -> None:

@@ -16,12 +16,15 @@ from bigft.plan.setup import Setup, setup_from_config
 from bigft.plan.shape import ModelShape, model_shape
 
 
-def _pairs(s: Setup) -> str:
-    """' pairs (8 sequences)' for a reward model's micro-batch of 4; nothing otherwise."""
+def _rankings(s: Setup) -> str:
+    """' rankings of 4 responses (8 sequences)' for a reward model's micro-batch of 2."""
     if s.sequences_per_example == 1:
         return ""
-    pairs = "pair" if s.micro_batch == 1 else "pairs"
-    return f" {pairs} ({s.micro_batch * s.sequences_per_example} sequences)"
+    k, b = s.sequences_per_example, s.micro_batch
+    text = f" {'ranking' if b == 1 else 'rankings'} of {k} responses ({b * k} sequences"
+    if s.sequences_assumed:
+        text += "; set task.max_responses for longer rankings"
+    return text + ")"
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Plan:
             f"bigft-plan: {self.name}",
             f"  model      {self.shape.model_type}, {counts.total / 1e9:.2f} B parameters "
             f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
-            f"  step       micro-batch {s.micro_batch}{_pairs(s)} × {s.seq_len} tokens, "
+            f"  step       micro-batch {s.micro_batch}{_rankings(s)} × {s.seq_len} tokens, "
             f"accumulation {s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
             f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}"
             + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else ""),

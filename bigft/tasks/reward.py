@@ -110,13 +110,13 @@ class RewardTask:
                     continue  # encode reports it, with the record's file and line
         if agreement.compared:
             log.info(
-                "%s: %d records with several reviewers (%.1f each): the reviewers of a prompt "
-                "order a pair of responses alike %.1f%% of the time (%d comparisons); "
+                "%s: reviewer agreement %.1f%%: how often two reviewers of a prompt order a pair "
+                "of its responses alike (%d records with %.1f reviewers each, %d comparisons); "
                 "task.aggregate=%s",
                 part,
+                100 * agreement.rate,
                 agreement.records,
                 agreement.reviewers / agreement.records,
-                100 * agreement.rate,
                 agreement.compared,
                 self.aggregate,
             )

@@ -414,8 +414,8 @@ def test_reward_reviewer_agreement_is_logged_at_start_up(tiny_tokenizer, caplog)
     with caplog.at_level("INFO"):
         task.describe_records(records, "train")
     # Two reviewers agree on 2 of the 3 pairs.
-    assert "1 records with several reviewers (2.0 each)" in caplog.text
-    assert "alike 66.7% of the time (3 comparisons)" in caplog.text
+    assert "train: reviewer agreement 66.7%" in caplog.text
+    assert "(1 records with 2.0 reviewers each, 3 comparisons)" in caplog.text
 
 
 # --- tokenizing and caching -----------------------------------------------------------------

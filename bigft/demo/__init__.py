@@ -38,6 +38,11 @@ the time, while the five reviewers together almost always recover the rule.
 
 No preference file mentions a held-out creature outside the eval files, and the held-out creatures
 are the instruction set's: every evaluation of the demo is about creatures no tuning data names.
+`bigft-train experiment=demo_reward` trains a reward model from the demo base on the five
+reviewers' Borda consensus: 70.3% held-out pairwise accuracy against the rule (71.1 with seed 1),
+against 63.1 (65.2) from reviewer 0 alone (`data=demo_preferences_single`), on 2 CPU cores in a
+few minutes (chance is 50%). Pairs of a right and a wrong answer need the creature's fact, which
+the base read only as prose.
 
 The demo. The base model is pre-trained from scratch on the corpus by bigft itself (`task=lm`,
 `experiment=demo_base_pretrain`, base.py), so it knows the facts as prose: prompted with "The

@@ -15,6 +15,7 @@ ties Borda counts a tie as a loss, mean rank as half one.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
@@ -73,6 +74,8 @@ def read_judged(record: Record) -> Judged:
                     f"{where}: scores[{i}] has {len(scores)} scores for {len(texts)} responses; "
                     "give one score per response, in the order of 'responses'"
                 )
+            if not all(math.isfinite(x) for x in scores):
+                raise DataError(f"{where}: scores[{i}] = {scores} has a score that is not finite")
         return Judged(texts, [[float(s) for s in scores] for scores in lists])
     return Judged(texts, [[float(len(texts) - 1 - i) for i in range(len(texts))]])
 

@@ -93,6 +93,7 @@ def test_agreement_counts_pairs_both_reviewers_ordered():
         ({"responses": ["a", "b"], "rankings": [[0.5, 1]]}, "one list of indices"),
         ({"responses": ["a", "b"], "scores": [[1, 2, 3]]}, r"scores\[0\] has 3 scores for 2"),
         ({"responses": ["a", "b"], "scores": [[True, 1]]}, "one list of numbers per reviewer"),
+        ({"responses": ["a", "b"], "scores": [[1, float("nan")]]}, "not finite"),
         ({"prompt": "Q"}, r"no 'responses' or 'chosen'/'rejected' field \(fields: prompt\)"),
     ],
 )

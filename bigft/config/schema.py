@@ -34,6 +34,13 @@ class TaskName(_Choice):
     sft = "sft"
     classify = "classify"
     reward = "reward"
+    dpo = "dpo"
+
+
+class PreferenceLoss(_Choice):
+    sigmoid = "sigmoid"
+    ipo = "ipo"
+    simpo = "simpo"
 
 
 class DType(_Choice):
@@ -42,10 +49,11 @@ class DType(_Choice):
     fp16 = "fp16"
 
 
-class MixedPrecision(_Choice):
-    none = "none"
-    bf16 = "bf16"
-    fp16 = "fp16"
+# Hyphenated names, as users type them (trainer.precision=bf16-mixed): bigft/config/precision.py
+Precision = _Choice(
+    "Precision", {n: n for n in ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true")}
+)
+Bf16Update = _Choice("Bf16Update", {n: n for n in ("auto", "stochastic", "kahan", "none")})
 
 
 class Overlong(_Choice):
@@ -175,6 +183,16 @@ class TaskConfig:
     # reward: the most responses a prompt may have; bigft-plan sizes a micro-batch of B rankings
     # as B × max_responses sequences (2, one pair, when unset).
     max_responses: int | None = None
+    # dpo: the loss, its strength β (DPO/IPO: ~0.1; SimPO's paper used 2 to 10), conservative
+    # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ, and the reference model:
+    # "auto" (the policy with its adapters disabled for lora/qlora/prefix, else "precompute"),
+    # "precompute" (log-probs of the initial model, computed once before training and cached),
+    # or a model path / run directory whose model is the reference (precomputed the same way).
+    loss: PreferenceLoss = PreferenceLoss.sigmoid
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    gamma: float = 0.5
+    reference: str = "auto"
 
 
 @dataclass
@@ -208,6 +226,12 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
+    # How AdamW writes updates into bf16 weights (trainer.precision=bf16-true): "stochastic"
+    # rounds each new weight up or down at random in proportion (unbiased, no extra memory);
+    # "kahan" carries what rounding lost in a bf16 buffer (optimi's AdamW, 2 bytes/parameter);
+    # "none" rounds to nearest, so updates under half the bf16 spacing are lost. "auto":
+    # stochastic under bf16-true, none otherwise (the other precisions keep fp32 weights).
+    bf16_update: Bf16Update = Bf16Update["auto"]
 
 
 @dataclass
@@ -217,7 +241,11 @@ class TrainerConfig:
     grad_accum: int = 1
     max_steps: int = 100  # optimizer steps; -1 means `epochs` epochs
     epochs: int = 1
-    mixed_precision: MixedPrecision = MixedPrecision.none
+    # auto | fp32 | bf16-mixed | fp16-mixed | bf16-true (bigft/config/precision.py). auto: fp32
+    # master weights with bf16 autocast when model.dtype is 16-bit, plain fp32 otherwise.
+    precision: Precision = Precision["auto"]
+    # Replaced by `precision`; kept so that a config still naming it gets a clear message.
+    mixed_precision: str | None = None
     eval_every: int = 0  # 0: only at the end
     # Evaluate the untouched base model first; the final summary then shows base vs tuned.
     eval_at_start: bool = False

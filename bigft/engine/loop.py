@@ -166,7 +166,7 @@ class Loop:
             raise TrainingError(
                 f"{self.state.bad_steps_in_row} steps in a row had a non-finite loss or gradient "
                 f"norm (last at step {step + 1}); stopping. The last good checkpoint is kept. "
-                "Try a lower optim.lr, optim.max_grad_norm, or trainer.mixed_precision=bf16 "
+                "Try a lower optim.lr, optim.max_grad_norm, or trainer.precision=bf16-mixed "
                 "instead of fp16"
             )
 

@@ -14,7 +14,7 @@ import sys
 
 from omegaconf import DictConfig
 
-from bigft.models.build import ensure_model
+from bigft.demo.build import ensure_model
 
 log = logging.getLogger(__name__)
 

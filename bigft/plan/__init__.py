@@ -11,20 +11,54 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigft.plan.advice import RESERVED_GIB, Change, suggestions, usable_bytes
-from bigft.plan.estimate import COMPONENTS, GIB, Breakdown, estimate, param_counts
+from bigft.plan.estimate import (
+    COMPONENTS,
+    DTYPE_BYTES,
+    GIB,
+    Breakdown,
+    estimate,
+    param_counts,
+)
 from bigft.plan.setup import Setup, setup_from_config
 from bigft.plan.shape import ModelShape, model_shape
 
 
-def _rankings(s: Setup) -> str:
-    """' rankings of 4 responses (8 sequences)' for a reward model's micro-batch of 2."""
+def _sequences(s: Setup) -> str:
+    """' rankings of 4 responses (8 sequences)' for a reward model's micro-batch of 2, ' pairs
+    (4 sequences)' for dpo's; nothing for one sequence per example."""
     if s.sequences_per_example == 1:
         return ""
     k, b = s.sequences_per_example, s.micro_batch
+    if s.head_outputs is None:  # dpo: both sides of each pair through the LM head
+        return f" {'pair' if b == 1 else 'pairs'} ({b * k} sequences)"
     text = f" {'ranking' if b == 1 else 'rankings'} of {k} responses ({b * k} sequences"
     if s.sequences_assumed:
         text += "; set task.max_responses for longer rankings"
     return text + ")"
+
+
+def reference_pass_bytes(shape: ModelShape, s: Setup, b: Breakdown) -> float | None:
+    """Per-GPU bytes while an explicit dpo reference is loaded for its pass before training:
+    the policy's weights and optimizer state already exist, the reference's weights (assumed
+    the policy's shape, in model.dtype, whole on every GPU) join them. None: no second model."""
+    if s.reference in (None, "adapters", "precompute"):
+        return None
+    return b.weights + b.trainable + b.optimizer + shape.total_params * DTYPE_BYTES[s.model_dtype]
+
+
+def _reference_line(s: Setup, transient: float | None) -> list[str]:
+    if s.reference is None:
+        return []
+    if s.reference == "adapters":
+        what = "the policy with adapters disabled (one no-grad forward per micro-batch)"
+    elif s.reference == "precompute":
+        what = "precomputed: one no-grad pass over the pairs before training"
+    else:
+        what = (
+            f"{s.reference}, loaded for a pass before training, then freed: "
+            f"{(transient or 0) / GIB:.1f} GiB per GPU meanwhile"
+        )
+    return [f"  reference  {what}; no second model while training"]
 
 
 @dataclass
@@ -36,8 +70,13 @@ class Plan:
     suggestions: list[tuple[Change, Breakdown]] = field(default_factory=list)
 
     @property
+    def reference_pass(self) -> float | None:
+        return reference_pass_bytes(self.shape, self.setup, self.breakdown)
+
+    @property
     def fits(self) -> bool:
-        return self.breakdown.total <= usable_bytes(self.setup)
+        peak = max(self.breakdown.total, self.reference_pass or 0.0)
+        return peak <= usable_bytes(self.setup)
 
     def render(self) -> str:
         """The text bigft-plan prints (and the Slurm launcher shows when it refuses a job)."""
@@ -52,12 +91,14 @@ class Plan:
             f"bigft-plan: {self.name}",
             f"  model      {self.shape.model_type}, {counts.total / 1e9:.2f} B parameters "
             f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
-            f"  step       micro-batch {s.micro_batch}{_rankings(s)} × {s.seq_len} tokens, "
+            f"  step       micro-batch {s.micro_batch}{_sequences(s)} × {s.seq_len} tokens, "
             f"accumulation {s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
-            f"optim={s.optimizer}, precision {s.model_dtype}/{s.mixed_precision}"
-            + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else ""),
+            f"optim={s.optimizer}, precision {s.precision} (model.dtype {s.model_dtype})"
+            + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else "")
+            + (f", bf16 updates {s.bf16_update}" if s.bf16_update != "none" else ""),
             f"  GPUs       {s.nodes} node(s) × {s.ranks_per_node} = {s.world_size}, {mode}, "
             f"{s.gpu_memory_gib:g} GiB each",
+            *_reference_line(s, self.reference_pass),
         ]
 
     def _table(self) -> list[str]:
@@ -76,6 +117,14 @@ class Plan:
                 f"FITS: {total:.1f} GiB of {usable:.1f} GiB usable per GPU "
                 f"({self.setup.gpu_memory_gib:g} GiB less {RESERVED_GIB:g} GiB for the CUDA "
                 f"context); {usable - total:.1f} GiB to spare."
+            ]
+        if self.breakdown.total <= usable_bytes(self.setup):
+            during = (self.reference_pass or 0.0) / GIB
+            return [
+                f"DOES NOT FIT: the step needs {total:.1f} GiB, but loading task.reference beside "
+                f"the policy before training needs {during:.1f} GiB, of {usable:.1f} GiB usable "
+                "per GPU. Start the policy from the reference (model.path) with "
+                "task.reference=auto, or use larger GPUs."
             ]
         lines = [f"DOES NOT FIT: {total:.1f} GiB needed, {usable:.1f} GiB usable per GPU."]
         if not self.suggestions:

@@ -8,8 +8,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bigft.config.precision import MIXED, bf16_update_of, load_dtype, precision_of
 from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
 from bigft.errors import ConfigError
+from bigft.tasks.reference import reference_source
 
 # DeepSpeed's ZeRO-3 defaults (deepspeed/runtime/zero/config.py) when the block leaves them out.
 DS_MAX_LIVE_PARAMETERS = 1_000_000_000
@@ -21,8 +23,8 @@ DS_SUB_GROUP = 1_000_000_000
 @dataclass(frozen=True)
 class Setup:
     method: str
-    model_dtype: str  # fp32 | bf16 | fp16
-    mixed_precision: str  # none | bf16 | fp16
+    model_dtype: str  # model.dtype: fp32 | bf16 | fp16 (the checkpoint's)
+    precision: str  # trainer.precision, resolved: fp32 | bf16-mixed | fp16-mixed | bf16-true
     checkpointing: bool
     optimizer: str
     zero_stage: int  # 0: plain torch (single or DDP)
@@ -41,6 +43,9 @@ class Setup:
     # Whether sequences_per_example was assumed rather than configured (reward without
     # task.max_responses): the plan then says so.
     sequences_assumed: bool = False
+    # dpo's reference (bigft.tasks.reference.reference_source): "adapters", "precompute", a
+    # model path; None for other tasks and for the reference-free simpo.
+    reference: str | None = None
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -51,6 +56,7 @@ class Setup:
     compute_dtype: str = "bf16"
     quant_storage: str | None = None
     adapter_dtype: str | None = None  # None: fp32 adapters (peft's default)
+    bf16_update: str = "none"  # optim.bf16_update, resolved: stochastic | kahan | none
     num_virtual_tokens: int = 16
     # DeepSpeed buffers (elements)
     max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
@@ -67,10 +73,20 @@ class Setup:
         return self.zero_stage > 0
 
     @property
+    def mixed(self) -> bool:
+        """16-bit compute over fp32 master weights (autocast, or DeepSpeed's bf16/fp16 mode)."""
+        return self.precision in MIXED
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the base model is loaded in (frozen weights keep it without DeepSpeed)."""
+        return load_dtype(self.precision, self.model_dtype, self.method)
+
+    @property
     def sixteen_bit_compute(self) -> bool:
         if self.method == "qlora":
-            return self.compute_dtype != "fp32" or self.mixed_precision != "none"
-        return self.model_dtype != "fp32" or self.mixed_precision != "none"
+            return self.compute_dtype != "fp32" or self.mixed
+        return self.weights_dtype != "fp32" or self.mixed
 
     def replace(self, **changes: Any) -> Setup:
         return dataclasses.replace(self, **changes)
@@ -88,12 +104,14 @@ def setup_from_config(cfg: Any) -> Setup:
     m, t = cfg.method, cfg.trainer
     task = str(cfg.task.name)
     head = None
+    # Planned for GPUs that compute bf16 (every one bigft-plan sizes: A100, H100, L40S, ...).
+    precision = precision_of(cfg)
     if task in ("classify", "reward"):
         head = max(1, len(cfg.task.labels)) if task == "classify" else 1
     return Setup(
         method=str(m.name),
         model_dtype=str(cfg.model.dtype),
-        mixed_precision=str(t.mixed_precision),
+        precision=precision,
         checkpointing=bool(cfg.model.gradient_checkpointing),
         optimizer=str(cfg.optim.name),
         zero_stage=stage,
@@ -108,6 +126,7 @@ def setup_from_config(cfg: Any) -> Setup:
         head_outputs=head,
         sequences_per_example=_sequences_per_example(cfg),
         sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
+        reference=reference_source(cfg),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),
@@ -117,6 +136,7 @@ def setup_from_config(cfg: Any) -> Setup:
         compute_dtype=str(m.compute_dtype),
         quant_storage=str(m.quant_storage) if m.quant_storage else None,
         adapter_dtype=str(m.adapter_dtype) if m.get("adapter_dtype") else None,
+        bf16_update=bf16_update_of(precision, cfg.optim.bf16_update, cfg.optim.name),
         num_virtual_tokens=int(m.num_virtual_tokens),
         max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DS_PREFETCH_BUCKET)),
@@ -126,7 +146,10 @@ def setup_from_config(cfg: Any) -> Setup:
 
 
 def _sequences_per_example(cfg: Any) -> int:
-    """Sequences one example forwards: a reward ranking scores each of its K responses once."""
+    """Sequences one example forwards: a reward ranking scores each of its K responses once,
+    a dpo pair both of its sides."""
+    if str(cfg.task.name) == "dpo":
+        return 2
     if str(cfg.task.name) != "reward":
         return 1
     k = cfg.task.get("max_responses")

@@ -7,6 +7,7 @@ from typing import Any
 from bigft.errors import ConfigError
 from bigft.tasks.base import IGNORE_INDEX, LossOutput, Task
 from bigft.tasks.classify import ClassifyTask
+from bigft.tasks.dpo import DPOTask
 from bigft.tasks.lm import LMTask
 from bigft.tasks.reward import RewardTask
 from bigft.tasks.sft import SFTTask
@@ -18,6 +19,7 @@ TASKS: dict[str, type] = {
     "sft": SFTTask,
     "classify": ClassifyTask,
     "reward": RewardTask,
+    "dpo": DPOTask,
 }
 
 

@@ -55,6 +55,8 @@ def make_task_data(root: Path, task: str, n: int = 24, seed: int = 0) -> Path:
         ]
     elif task == "reward":
         rows = [_ranked(rng, reviewers=i % 2 + 1) for i in range(n)]
+    elif task == "dpo":
+        rows = [_preference(rng, ranked=i % 3 == 2) for i in range(n)]
     else:
         raise ValueError(task)
     return write_jsonl(root / f"{task}-{seed}.jsonl", rows)
@@ -70,6 +72,15 @@ def _ranked(rng: random.Random, reviewers: int) -> dict:
         k = len(row["responses"])
         row["rankings"] = [rng.sample(range(k), k) for _ in range(reviewers)]
     return row
+
+
+def _preference(rng: random.Random, *, ranked: bool) -> dict:
+    """A pair (or a ranking of 3) where the better answers end in "great", the worse in "awful"."""
+    prompt = _sentence(rng, 3)
+    best, worst = (f"{_sentence(rng, rng.randint(1, 4))} {end}" for end in ("great", "awful"))
+    if ranked:
+        return {"prompt": prompt, "responses": [best, _sentence(rng, 2), worst]}
+    return {"prompt": prompt, "chosen": best, "rejected": worst}
 
 
 def train_overrides(

@@ -20,7 +20,7 @@ from bigft.train import train
 from .runs import read_metrics, train_losses
 
 METHODS = ["full", "freeze", "lora", "qlora", "prefix"]
-TASKS = ["lm", "sft", "classify", "reward"]
+TASKS = ["lm", "sft", "classify", "reward", "dpo"]
 # Combinations the libraries cannot do: refused at start-up, with the reason.
 REFUSED = {
     ("prefix", "classify"): "prefix tuning cannot train a classification or reward head",

@@ -44,7 +44,8 @@ from bigft.data.collate import collate_sequences
 from bigft.data.readers import Record
 from bigft.demo import reviewers, truth
 from bigft.demo.base import tokenizer_texts
-from bigft.demo.make_data import ATTRIBUTES, QUESTIONS, SEED, make_creatures
+from bigft.demo.make_data import SEED, make_creatures
+from bigft.demo.world import ATTRIBUTES, QUESTIONS
 from bigft.models.toy import build_tiny_llama, build_tokenizer
 from bigft.tasks.base import forward_logits
 from bigft.tasks.reward import RewardTask, pair_loss_sum

@@ -13,8 +13,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from bigft.demo.make_data import ATTRIBUTES, PROSE, QUESTIONS, Creature
 from bigft.demo.truth import glossary_line
+from bigft.demo.world import ATTRIBUTES, PROSE, QUESTIONS, Creature
 
 REVIEWERS = 5
 NOISE = 0.5  # the share of prompts a reviewer ranks at random

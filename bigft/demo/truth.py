@@ -23,7 +23,7 @@ import json
 import re
 from pathlib import Path
 
-from bigft.demo.make_data import ATTRIBUTES, GLOSS, PROSE, QUESTIONS
+from bigft.demo.world import ATTRIBUTES, GLOSS, PROSE, QUESTIONS
 
 WORLD_FILE = Path(__file__).resolve().parent / "data" / "world.json"
 

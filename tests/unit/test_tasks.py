@@ -17,7 +17,7 @@ from bigft.errors import ConfigError, DataError
 from bigft.tasks import build_task
 from bigft.tasks.base import forward_logits
 from bigft.tasks.classify import macro_f1
-from bigft.tasks.reward import pair_loss_sum
+from bigft.tasks.reward import pair_loss_sum, ranking_loss_sum
 from bigft.tasks.sft import exact_matches
 
 CHAT_TEMPLATE = (
@@ -340,6 +340,23 @@ def test_reward_names_the_record_of_a_bad_ranking(tiny_tokenizer, fields, messag
     task = build_task(cfg("reward"), tiny_tokenizer)
     with pytest.raises(DataError, match=message):
         task.encode(rec(prompt="Q", responses=["a", "b", "c"], **fields))
+
+
+def test_reward_loss_is_instructgpts_and_trls_on_hand_computed_scores():
+    # TRL is not in the environment: its RewardTrainer's loss is written out instead (TRL 1.16,
+    # reward_trainer.py: -logsigmoid(rewards_chosen - rewards_rejected).mean(), over pairs).
+    # Scores of one ranking of K = 3 (best first), r = [2, 1, -1]: margins 1, 3, 2.
+    margins = torch.tensor([1.0, 3.0, 2.0], dtype=torch.float64)
+    per_pair = [math.log1p(math.exp(-m)) for m in (1.0, 3.0, 2.0)]
+    trl_mean = sum(per_pair) / 3
+    # InstructGPT: loss = -1/C(K,2) E[log sigmoid(r_w - r_l)], one ranking = one unit.
+    weights = torch.full((3,), 1 / 3, dtype=torch.float64)
+    assert ranking_loss_sum(margins, weights).item() == pytest.approx(trl_mean, abs=1e-12)
+    # per_pair: weight 1 each, divided by the 3 pairs (units) in the loop: the same mean here;
+    # rankings of different K are where the two weightings part.
+    ones = torch.ones(3, dtype=torch.float64)
+    assert ranking_loss_sum(margins, ones).item() / 3 == pytest.approx(trl_mean, abs=1e-12)
+    assert trl_mean == pytest.approx(0.1629257, abs=1e-6)
 
 
 def test_reward_chat_template_and_truncation(chat_tokenizer):

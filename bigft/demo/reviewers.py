@@ -4,8 +4,9 @@ For each question about a creature, a few candidate answers are drawn from the k
 rule tells apart (bigft/demo/truth.py), and several reviewers rank them. A reviewer follows the
 rule, except that on a share `noise` of the prompts they are careless and rank the answers in a
 random order. One careless ranking gets half of its pairs wrong, so a single reviewer's pairs are
-wrong about `noise / 2` of the time, while the consensus of several reviewers is nearly always the
-rule's own order: what `task.aggregate` is for.
+wrong about `noise / 2` of the time, while the consensus of several reviewers is wrong far less
+often (a prompt most of whose reviewers were careless is still misjudged): what `task.aggregate`
+is for.
 """
 
 from __future__ import annotations

@@ -325,3 +325,23 @@ def test_zero2_with_the_default_precision_moves_every_master_weight_of_a_bf16_ch
     assert any("norm" in name for name in base)
     unchanged = [n for n, t in base.items() if torch.equal(masters[n], t.float())]
     assert unchanged == []
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_reward_rankings_on_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, mode):
+    """Rankings of 2 to 4 responses, some with two reviewers' pairs (task.aggregate=pairs): the
+    rankings per rank differ, and the loss is still divided by the whole step's rankings."""
+    base = [
+        *train_overrides(tmp_path, tiny_llama_dir, "reward", "full"),
+        *EXACT,
+        "task.aggregate=pairs",
+        "trainer.eval_batch_size=3",
+        "trainer.eval_at_start=true",
+    ]
+    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
+    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
+    out = tmp_path / "outputs"
+    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
+    assert list(two_losses) == [1, 2, 3]
+    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
+    _same_eval(out / "two", out / "one")

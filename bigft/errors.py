@@ -25,6 +25,11 @@ class DataError(BigftError):
     """Bad input data: names the file, line or field and what was expected."""
 
 
+class CheckpointError(BigftError):
+    """A checkpoint that claims to be complete but cannot be loaded, or one asked for by path
+    that is not complete: resuming from anything else would silently train something else."""
+
+
 class TrainingError(BigftError):
     """Training cannot go on (e.g. too many non-finite losses in a row)."""
 

@@ -35,7 +35,7 @@ from bigft.engine.checkpoint import load_trainable_weights, load_training_state,
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.resume import resume_point, save_config
-from bigft.engine.stop import StopRequest
+from bigft.engine.stop import StopRequest, stopping_on_signals
 from bigft.errors import exit_on_user_error
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
@@ -137,7 +137,7 @@ def _train(
 ) -> dict[str, float]:
     # Every rank derives the same run directory from the config; only rank 0 writes to it.
     run_dir = Path(cfg.output_dir)
-    checkpoint = resume_point(cfg, run_dir, env.world_size)
+    checkpoint = resume_point(cfg, run_dir, env.world_size, report=env.is_main)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -198,7 +198,13 @@ def _train(
         state = LoopState.from_dict(saved)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
-    tracker = start_tracking(cfg, run_dir, is_main=env.is_main, wandb_id=state.wandb_id)
+    tracker = start_tracking(
+        cfg,
+        run_dir,
+        is_main=env.is_main,
+        wandb_id=state.wandb_id,
+        resumed_step=state.step if saved is not None else None,
+    )
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
     loop = Loop(
@@ -280,7 +286,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return None
     if int(os.environ.get("RANK", "0")) == 0:
         print(compact_config(cfg), flush=True)
-    metrics = train(cfg, faults=fault_injection())
+    with stopping_on_signals(cfg.output_dir) as stop:
+        metrics = train(cfg, faults=fault_injection(), stop=stop)
     return metrics.get("eval/loss", metrics.get("train/loss"))
 
 

@@ -18,7 +18,7 @@ import torch
 from omegaconf import MISSING, DictConfig
 
 from bigft.config import CONF_DIR, typed_config
-from bigft.errors import ConfigError, DataError, exit_on_user_error
+from bigft.errors import ConfigError, DataError, exit_on_user_error, run_hydra_app
 from bigft.export import output_dir_of
 from bigft.models.decode import complete_ids
 from bigft.outputs import MERGED_SUBDIR, load_output, read_metadata
@@ -146,7 +146,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.resume import resume_point, save_config
 from bigft.engine.stop import StopRequest, stopping_on_signals
-from bigft.errors import exit_on_user_error
+from bigft.errors import exit_on_user_error, run_hydra_app
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
 from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
@@ -293,7 +293,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -159,3 +159,19 @@ def test_a_checkpoint_missing_its_weights_is_skipped_for_the_one_before(
     assert "resumed from" in caplog.text and "(step 4)" in caplog.text
     assert train_losses(run_dir) == uninterrupted
     assert read_metrics(run_dir)[-1]["eval/loss"] == pytest.approx(final_eval, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("override", "names"),
+    [
+        ("trainer.max_stpes=3", "did you mean trainer.max_steps"),
+        ("trainer.max_steps=abc", "trainer.max_steps=abc"),
+        ("method=lorra", "the choices: freeze, full, lora, prefix, qlora"),
+    ],
+)
+def test_a_config_typo_on_the_command_line_exits_2_in_one_line(tmp_path, override, names):
+    proc = _start([override], tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-3000:]
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("bigft: error: ")
+    assert names in err and "Traceback" not in err

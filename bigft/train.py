@@ -43,7 +43,7 @@ from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.build import ensure_model
-from bigft.models.load import load_model, load_tokenizer
+from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
 from bigft.tracking import start_tracking
@@ -144,6 +144,7 @@ def _train(
         log.info("run directory: %s", run_dir)
     saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
+    check_max_length(cfg.model, cfg.task.max_length)
     seed_everything(cfg.trainer.seed)
     ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
     if ds_config is not None and saved is not None and saved["world_size"] != env.world_size:

@@ -7,10 +7,11 @@ demo_base`; the first run lands here, later runs load the cached directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import random
-import tempfile
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,10 +71,36 @@ def _preserved_rng() -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
-def _build_dir_next_to(path: Path) -> tempfile.TemporaryDirectory:
-    # Beside `path`: the same filesystem, so the final rename is atomic, and an interrupted
-    # build leaves only a dot-directory that nothing mistakes for a model.
-    return tempfile.TemporaryDirectory(prefix=f".{path.name}-build-", dir=path.parent)
+# Marks an initial model whose write finished (a kill mid-write leaves none).
+INIT_DONE = "init-complete"
+# Checkpoint steps of the pre-training, so that a build killed midway resumes (~10 s of work each).
+BUILD_SAVE_EVERY = 100
+
+
+def _build_dir_next_to(path: Path) -> Path:
+    # Beside `path`: the same filesystem, so the final rename is atomic; a dot-directory that
+    # nothing mistakes for a model, named alike every time, so a killed build resumes from its
+    # checkpoints instead of starting over and leaving its directory behind.
+    return path.parent / f".{path.name}-build"
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One builder at a time (two runs starting at once); the second then finds the model."""
+    with (path.parent / f".{path.name}-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _initial_model(work: Path) -> Path:
+    """The freshly initialised model (deterministic: built again if a kill cut its write)."""
+    init = work / "init"
+    if not (work / INIT_DONE).is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
+        build_tiny_llama(init, tokenizer, seed=INIT_SEED, **SHAPE)
+        (work / INIT_DONE).touch()
+    return init
 
 
 def _publish(built: Path, path: Path) -> None:
@@ -94,15 +121,20 @@ def build_demo_base(path: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the demo base model at %s (once, about a minute on 2 CPU cores)", path)
-    with _preserved_rng(), _build_dir_next_to(path) as tmp:
-        work = Path(tmp)
-        tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
-        init = build_tiny_llama(work / "init", tokenizer, seed=INIT_SEED, **SHAPE)
+    with _build_lock(path), _preserved_rng():
+        if path.exists():
+            return path
+        log.info("building the demo base model at %s (once, about a minute on 2 CPU cores)", path)
+        for stale in path.parent.glob(f".{path.name}-build-*"):  # older bigft's random names
+            shutil.rmtree(stale, ignore_errors=True)
+        work = _build_dir_next_to(path)
+        init = _initial_model(work)
+        overrides = [f"model.path={init}", f"output_dir={work / 'run'}", "trainer.resume=auto"]
         cfg = compose_config(
-            ["experiment=demo_base_pretrain", f"model.path={init}", f"output_dir={work / 'run'}"]
+            ["experiment=demo_base_pretrain", *overrides, f"trainer.save_every={BUILD_SAVE_EVERY}"]
         )
         metrics = train(cfg)
         log.info("demo base pre-trained: %s", {k: round(v, 4) for k, v in metrics.items()})
         _publish(work / "run" / "model", path)
+        shutil.rmtree(work, ignore_errors=True)
     return path

@@ -92,6 +92,21 @@ def test_a_signal_checkpoints_exits_with_its_status_and_the_rerun_continues_exac
     assert [m["step"] for m in read_metrics(run_dir) if "train/loss" in m] == sorted(uninterrupted)
 
 
+def test_a_second_ctrl_c_exits_at_once_leaving_only_complete_checkpoints(tmp_path, tiny_llama_dir):
+    args = _overrides(tmp_path, tiny_llama_dir, "impatient", "trainer.save_every=1")
+    run_dir = tmp_path / "outputs" / "impatient"
+    proc = _start(args, tmp_path, BIGFT_SLOW_STEP_SECONDS="2")
+    _wait_for_step(run_dir, 1, proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "bigft: second Ctrl-C: exiting now, without a checkpoint" in err
+    assert "Traceback" not in err and "bigft: stopped after" not in err
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step_00000001"]
+
+
 def _resume_in_process(args: list[str]) -> Path:
     cfg = compose_config(args)
     train(cfg)

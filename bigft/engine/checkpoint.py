@@ -86,7 +86,7 @@ def incomplete_reason(path: Path) -> str | None:
     try:
         files = json.loads((path / MANIFEST_FILE).read_text())["files"]
     except FileNotFoundError:
-        return f"no {MANIFEST_FILE} (its write was interrupted)"
+        return f"no {MANIFEST_FILE} (its write was interrupted, or an older bigft wrote it)"
     except (ValueError, KeyError, TypeError):
         return f"its {MANIFEST_FILE} is unreadable"
     for name, size in files.items():

@@ -17,6 +17,7 @@ import pytest
 
 from bigft.config import compose_config
 from bigft.engine.checkpoint import TRAINABLE_FILE, list_checkpoints
+from bigft.engine.loop import Faults
 from bigft.train import train
 
 from .runs import read_metrics, train_losses, train_overrides
@@ -190,3 +191,15 @@ def test_a_config_typo_on_the_command_line_exits_2_in_one_line(tmp_path, overrid
     assert proc.returncode == 2, err[-3000:]
     assert err.strip().splitlines() == [err.strip()] and err.startswith("bigft: error: ")
     assert names in err and "Traceback" not in err
+
+
+def test_checkpoints_every_few_minutes_by_default_agreed_on_the_step(make_cfg):
+    assert compose_config([]).trainer.save_every_minutes == 30
+    # A few milliseconds: every step of a slowed run is past the interval.
+    cfg = make_cfg("lm", "full", "trainer.max_steps=3", "trainer.save_every_minutes=0.0001")
+    train(cfg, faults=Faults(slow_step_seconds=0.05))
+    # keep_last=2 pruned step 1's; step 2's was written by time, step 3's at the end.
+    assert [p.name[-1] for p in list_checkpoints(Path(cfg.output_dir))] == ["2", "3"]
+    never = make_cfg("lm", "full", "trainer.max_steps=3", "trainer.save_every_minutes=0", "name=x")
+    train(never, faults=Faults(slow_step_seconds=0.05))
+    assert [p.name[-1] for p in list_checkpoints(Path(never.output_dir))] == ["3"]

@@ -5,6 +5,7 @@ writes, damaged checkpoints, Ctrl-C and SIGTERM, and config typos. Each must kee
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 import signal
@@ -170,6 +171,7 @@ def test_a_checkpoint_missing_its_weights_is_skipped_for_the_one_before(
     final_eval = read_metrics(run_dir)[-1]["eval/loss"]
     last = list_checkpoints(run_dir)[-1]
     (last / TRAINABLE_FILE).unlink()
+    caplog.set_level(logging.INFO)
     _resume_in_process(args)
     assert f"skipping checkpoint {last}: {TRAINABLE_FILE} is missing" in caplog.text
     assert "resumed from" in caplog.text and "(step 4)" in caplog.text

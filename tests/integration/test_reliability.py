@@ -205,3 +205,16 @@ def test_checkpoints_every_few_minutes_by_default_agreed_on_the_step(make_cfg):
     never = make_cfg("lm", "full", "trainer.max_steps=3", "trainer.save_every_minutes=0", "name=x")
     train(never, faults=Faults(slow_step_seconds=0.05))
     assert [p.name[-1] for p in list_checkpoints(Path(never.output_dir))] == ["3"]
+
+
+def test_a_complete_checkpoint_that_fails_to_load_stops_the_run_naming_it(tmp_path, tiny_llama_dir):
+    args = _overrides(tmp_path, tiny_llama_dir, "corrupt", "trainer.save_every=2")
+    run_dir = _resume_in_process(args)
+    last = list_checkpoints(run_dir)[-1]
+    weights = last / TRAINABLE_FILE
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: the manifest cannot tell
+    proc = _start(args, tmp_path)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2, err[-3000:]
+    assert f"bigft: error: checkpoint {last} cannot be loaded: {TRAINABLE_FILE}" in err
+    assert "Traceback" not in err

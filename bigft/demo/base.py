@@ -73,8 +73,9 @@ def _preserved_rng() -> Iterator[None]:
 
 # Marks an initial model whose write finished (a kill mid-write leaves none).
 INIT_DONE = "init-complete"
-# Checkpoint steps of the pre-training, so that a build killed midway resumes (~10 s of work each).
-BUILD_SAVE_EVERY = 100
+# The pre-training checkpoints every 100 steps (~10 s of work) and resumes from them, so that a
+# build killed midway continues where it stopped.
+RESUMABLE = ["trainer.resume=auto", "trainer.save_every=100"]
 
 
 def _build_dir_next_to(path: Path) -> Path:
@@ -113,10 +114,17 @@ def _publish(built: Path, path: Path) -> None:
         log.info("%s was built by another process meanwhile; using that one", path)
 
 
-def build_demo_base(path: Path) -> Path:
-    """Pre-train the demo's base model into `path` (a Hugging Face model directory)."""
+def pretrain(init: Path, run_dir: Path) -> None:
+    """`experiment=demo_base_pretrain` on the initialised model, resuming in `run_dir`."""
     from bigft.train import train  # not at module level: bigft.train imports our caller
 
+    overrides = [f"model.path={init}", f"output_dir={run_dir}", *RESUMABLE]
+    metrics = train(compose_config(["experiment=demo_base_pretrain", *overrides]))
+    log.info("demo base pre-trained: %s", {k: round(v, 4) for k, v in metrics.items()})
+
+
+def build_demo_base(path: Path) -> Path:
+    """Pre-train the demo's base model into `path` (a Hugging Face model directory)."""
     path = Path(path)
     if path.exists():
         return path
@@ -128,13 +136,7 @@ def build_demo_base(path: Path) -> Path:
         for stale in path.parent.glob(f".{path.name}-build-*"):  # older bigft's random names
             shutil.rmtree(stale, ignore_errors=True)
         work = _build_dir_next_to(path)
-        init = _initial_model(work)
-        overrides = [f"model.path={init}", f"output_dir={work / 'run'}", "trainer.resume=auto"]
-        cfg = compose_config(
-            ["experiment=demo_base_pretrain", *overrides, f"trainer.save_every={BUILD_SAVE_EVERY}"]
-        )
-        metrics = train(cfg)
-        log.info("demo base pre-trained: %s", {k: round(v, 4) for k, v in metrics.items()})
+        pretrain(_initial_model(work), work / "run")
         _publish(work / "run" / "model", path)
         shutil.rmtree(work, ignore_errors=True)
     return path

@@ -31,7 +31,10 @@ def _run(monkeypatch, capsys, *args: str) -> tuple[int, str]:
             "method=lorra: no such method (did you mean lora or qlora?); "
             "the choices: freeze, full, lora, prefix, qlora",
         ),
-        ("trainer.mixed_precision=fp8", "expected one of [none, bf16, fp16]"),
+        (
+            "trainer.precision=fp8",
+            "expected one of [auto, fp32, bf16-mixed, fp16-mixed, bf16-true]",
+        ),
         ("learning_rate=1e-4", "unknown config key 'learning_rate'; the top-level keys: name,"),
     ],
 )

@@ -8,6 +8,7 @@ tokenizer and model → method → task and data → engine (optimizer, parallel
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -23,8 +24,10 @@ import torch
 from omegaconf import DictConfig
 
 from bigft.config import CONF_DIR
+from bigft.config.precision import autocast_dtype, load_dtype, precision_of
 from bigft.config.validate import validate
 from bigft.data.load import load_examples
+from bigft.demo.build import ensure_model
 from bigft.distributed import DistEnv, close_process_group, discover, init_process_group
 from bigft.distributed.comm import barrier
 from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stage
@@ -34,16 +37,16 @@ from bigft.engine.batches import BatchPlan
 from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
+from bigft.engine.precision import apply_precision, bf16_supported
 from bigft.engine.resume import resume_point, save_config
-from bigft.engine.stop import StopRequest
-from bigft.errors import exit_on_user_error
+from bigft.engine.stop import StopRequest, stopping_on_signals
+from bigft.errors import exit_on_user_error, run_hydra_app
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
-from bigft.launch.slurm_job import in_job_step, run_rank, torch_env_from_slurm
+from bigft.launch.slurm_rank import in_job_step, run_rank, torch_env_from_slurm
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
-from bigft.models.build import ensure_model
-from bigft.models.load import load_model, load_tokenizer
+from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
 from bigft.tasks.reference import attach_reference_logps
@@ -138,15 +141,19 @@ def _train(
 ) -> dict[str, float]:
     # Every rank derives the same run directory from the config; only rank 0 writes to it.
     run_dir = Path(cfg.output_dir)
-    checkpoint = resume_point(cfg, run_dir, env.world_size)
+    checkpoint = resume_point(cfg, run_dir, env.world_size, report=env.is_main)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
         log.info("run directory: %s", run_dir)
     saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
+    check_max_length(cfg.model, cfg.task.max_length)
     seed_everything(cfg.trainer.seed)
-    ds_config = build_deepspeed_config(cfg, env.world_size) if cfg.distributed.deepspeed else None
+    precision = precision_of(cfg, bf16_supported=bf16_supported(env.device))
+    ds_config = None
+    if cfg.distributed.deepspeed:
+        ds_config = build_deepspeed_config(cfg, env.world_size, precision)
     if ds_config is not None and saved is not None and saved["world_size"] != env.world_size:
         # ZeRO shards only load at the world size that wrote them: convert (once), then load
         # DeepSpeed's per-parameter form, weights and optimizer state alike.
@@ -160,9 +167,18 @@ def _train(
     on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
     with sharded_loading(ds_config):
         model = load_model(
-            cfg.model, cfg.method, task.model_head, task.num_labels, tokenizer, device=on_gpu
+            cfg.model,
+            cfg.method,
+            task.model_head,
+            task.num_labels,
+            tokenizer,
+            device=on_gpu,
+            dtype=load_dtype(precision, cfg.model.dtype, cfg.method.name),
         )
     model = apply_method(model, cfg.method, task.model_head)
+    bf16_update = apply_precision(
+        model, cfg, precision, deepspeed=ds_config is not None, announce=env.is_main
+    )
     if env.is_main:
         log.info("method=%s: %s", cfg.method.name, describe_trainable(model))
 
@@ -177,7 +193,7 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
-    optimizer = build_optimizer(model, cfg.optim)
+    optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
@@ -189,7 +205,7 @@ def _train(
         engine.module,
         {"train": train_examples, "eval": eval_examples},
         env,
-        autocast_dtype="none" if ds_config else str(cfg.trainer.mixed_precision),
+        autocast_dtype="none" if ds_config else autocast_dtype(precision),
     )
     if saved is not None and ds_config is None:
         # Without DeepSpeed the checkpoint's weights are copied into the model in place;
@@ -210,7 +226,13 @@ def _train(
         state = LoopState.from_dict(saved)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
-    tracker = start_tracking(cfg, run_dir, is_main=env.is_main, wandb_id=state.wandb_id)
+    tracker = start_tracking(
+        cfg,
+        run_dir,
+        is_main=env.is_main,
+        wandb_id=state.wandb_id,
+        resumed_step=state.step if saved is not None else None,
+    )
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
     loop = Loop(
@@ -222,7 +244,7 @@ def _train(
         plan=plan,
         total_steps=steps,
         trainer=cfg.trainer,
-        autocast_dtype="none" if ds_config else cfg.trainer.mixed_precision,
+        autocast_dtype="none" if ds_config else autocast_dtype(precision),
         checkpoint_trainable=ds_config is None or cfg.method.name != "full",
         env=env,
         run_dir=run_dir,
@@ -285,20 +307,21 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     validate(cfg)
     if cfg.launcher.name == "slurm":
         if in_job_step():  # an array task of a sweep (-m), started by the submitit launcher
-            return run_rank(cfg)
+            return run_rank(cfg, functools.partial(train, faults=fault_injection()))
         submit(cfg)
         return None
     if relaunch_if_needed(cfg):
         return None
     if int(os.environ.get("RANK", "0")) == 0:
         print(compact_config(cfg), flush=True)
-    metrics = train(cfg, faults=fault_injection())
+    with stopping_on_signals(cfg.output_dir) as stop:
+        metrics = train(cfg, faults=fault_injection(), stop=stop)
     return metrics.get("eval/loss", metrics.get("train/loss"))
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

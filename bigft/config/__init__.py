@@ -56,6 +56,13 @@ def sweep_subdir(sweep_dir: str, job_num: int) -> str:
     return name.replace("/", "_") or str(job_num)
 
 
+def model_dir_name(path: str) -> str:
+    """The last part of a model directory or hub id ("/models/tiny-qwen2/" → "tiny-qwen2"): the
+    run name of `model=local`, so that runs of two models never share a run directory."""
+    name = Path(str(path).rstrip("/")).name
+    return name or "local"
+
+
 def _register_resolvers() -> None:
     from bigft.config import sbatch_options  # the launcher.* values in Slurm's units
 
@@ -63,6 +70,7 @@ def _register_resolvers() -> None:
         # ${bigft_demo:instructions_train.jsonl} → a file bundled with bigft.
         "bigft_demo": lambda name: str(DEMO_DATA_DIR / name),
         "bigft_run_dir": run_dir,
+        "bigft_model_dir_name": model_dir_name,
         "bigft_sweep_subdir": sweep_subdir,
         # launcher.* → the submitit launcher's fields (conf/launcher/slurm.yaml).
         "bigft_minutes": sbatch_options.time_minutes,

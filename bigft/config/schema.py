@@ -49,15 +49,27 @@ class DType(_Choice):
     fp16 = "fp16"
 
 
-class MixedPrecision(_Choice):
-    none = "none"
-    bf16 = "bf16"
-    fp16 = "fp16"
+# Hyphenated names, as users type them (trainer.precision=bf16-mixed): bigft/config/precision.py
+Precision = _Choice(
+    "Precision", {n: n for n in ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true")}
+)
+Bf16Update = _Choice("Bf16Update", {n: n for n in ("auto", "stochastic", "kahan", "none")})
 
 
 class Overlong(_Choice):
     truncate = "truncate"
     drop = "drop"
+
+
+class PairWeighting(_Choice):
+    per_ranking = "per_ranking"
+    per_pair = "per_pair"
+
+
+class Aggregate(_Choice):
+    borda = "borda"
+    mean_rank = "mean_rank"
+    pairs = "pairs"
 
 
 class OptimizerName(_Choice):
@@ -163,6 +175,14 @@ class TaskConfig:
     labels: list[str] = field(default_factory=list)
     # lm / sft: pack several examples into each max_length row (no attention across them).
     packing: bool = False
+    # reward: each ranking's pairs weighted 1/(its pairs), InstructGPT's (per_ranking), or every
+    # pair alike (per_pair); several reviewers per prompt combined by a consensus ranking
+    # (borda, mean_rank) or by training on every reviewer's pairs (pairs).
+    pair_weighting: PairWeighting = PairWeighting.per_ranking
+    aggregate: Aggregate = Aggregate.borda
+    # reward: the most responses a prompt may have; bigft-plan sizes a micro-batch of B rankings
+    # as B × max_responses sequences (2, one pair, when unset).
+    max_responses: int | None = None
     # dpo: the loss, its strength β (DPO/IPO: ~0.1; SimPO's paper used 2 to 10), conservative
     # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ, and the reference model:
     # "auto" (the policy with its adapters disabled for lora/qlora/prefix, else "precompute"),
@@ -206,6 +226,12 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     min_lr_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
+    # How AdamW writes updates into bf16 weights (trainer.precision=bf16-true): "stochastic"
+    # rounds each new weight up or down at random in proportion (unbiased, no extra memory);
+    # "kahan" carries what rounding lost in a bf16 buffer (optimi's AdamW, 2 bytes/parameter);
+    # "none" rounds to nearest, so updates under half the bf16 spacing are lost. "auto":
+    # stochastic under bf16-true, none otherwise (the other precisions keep fp32 weights).
+    bf16_update: Bf16Update = Bf16Update["auto"]
 
 
 @dataclass
@@ -215,12 +241,19 @@ class TrainerConfig:
     grad_accum: int = 1
     max_steps: int = 100  # optimizer steps; -1 means `epochs` epochs
     epochs: int = 1
-    mixed_precision: MixedPrecision = MixedPrecision.none
+    # auto | fp32 | bf16-mixed | fp16-mixed | bf16-true (bigft/config/precision.py). auto: fp32
+    # master weights with bf16 autocast when model.dtype is 16-bit, plain fp32 otherwise.
+    precision: Precision = Precision["auto"]
+    # Replaced by `precision`; kept so that a config still naming it gets a clear message.
+    mixed_precision: str | None = None
     eval_every: int = 0  # 0: only at the end
     # Evaluate the untouched base model first; the final summary then shows base vs tuned.
     eval_at_start: bool = False
     eval_batch_size: int = 8
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # steps between checkpoints; 0: none by step count
+    # Wall-clock minutes between checkpoints (0: none by time), so that a kill loses at most
+    # this much work; and a run always checkpoints at the end and on SIGINT/SIGTERM.
+    save_every_minutes: float = 30.0
     keep_last: int = 2
     # "auto": continue from the latest checkpoint in the run directory if there is one;
     # "never": start fresh (refused if the run directory already holds checkpoints);

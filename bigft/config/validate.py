@@ -7,6 +7,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from bigft.config.precision import MIXED, autocast_dtype, precision_of
 from bigft.config.schema import TrainConfig
 from bigft.errors import ConfigError
 
@@ -25,6 +26,8 @@ def validate(cfg: DictConfig) -> None:
     _require(t.max_steps > 0 or t.max_steps == -1, "trainer.max_steps", t.max_steps, "> 0, or -1")
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, ">= 1")
     _require(t.keep_last >= 1, "trainer.keep_last", t.keep_last, ">= 1")
+    _require(t.save_every >= 0, "trainer.save_every", t.save_every, ">= 0")
+    _require(t.save_every_minutes >= 0, "trainer.save_every_minutes", t.save_every_minutes, ">= 0")
     _require(t.max_bad_steps >= 1, "trainer.max_bad_steps", t.max_bad_steps, ">= 1")
     _require(t.log_every >= 1, "trainer.log_every", t.log_every, ">= 1")
     _require(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, ">= 1")
@@ -37,6 +40,10 @@ def validate(cfg: DictConfig) -> None:
         0 <= cfg.data.eval_fraction < 1, "data.eval_fraction", cfg.data.eval_fraction, "[0, 1)"
     )
     _require(cfg.task.max_length >= 2, "task.max_length", cfg.task.max_length, ">= 2")
+    k = cfg.task.get("max_responses")
+    _require(
+        k is None or k >= 2, "task.max_responses", k, ">= 2 (a ranking has 2 responses or more)"
+    )
     _require(m.r >= 1, "method.r", m.r, ">= 1")
     _require(m.bits in (4, 8), "method.bits", m.bits, "4 or 8")
     _require(m.quant_type in ("nf4", "fp4"), "method.quant_type", m.quant_type, "nf4 or fp4")
@@ -45,6 +52,7 @@ def validate(cfg: DictConfig) -> None:
         m.train_last_n_blocks >= 0, "method.train_last_n_blocks", m.train_last_n_blocks, ">= 0"
     )
     _validate_distributed(cfg)
+    _validate_precision(cfg)
     _validate_adapter_dtype(cfg)
     _validate_combination(cfg)
     _validate_packing(cfg)
@@ -91,15 +99,10 @@ def _validate_qlora_under_zero(cfg: DictConfig) -> None:
         )
     if zero_stage(ds) < 3:
         return
-    # ZeRO-3 shards the 4-bit weights like any others only if they are stored in the compute
-    # dtype (bnb_4bit_quant_storage) and the rest of the model is in that dtype too.
-    compute = str(cfg.method.compute_dtype)
-    storage = str(cfg.method.quant_storage) if cfg.method.quant_storage else None
-    if storage != compute or str(cfg.model.dtype) != compute:
-        raise ConfigError(
-            "method=qlora under ZeRO-3 needs the 4-bit storage and the model in the compute dtype: "
-            f"add method.quant_storage={compute} model.dtype={compute}"
-        )
+    from bigft.methods.qlora import apply_zero3_recipe
+
+    # The one recipe that works is applied (and logged); only a contradicting choice is refused.
+    apply_zero3_recipe(cfg)
 
 
 def _validate_adapter_dtype(cfg: DictConfig) -> None:
@@ -116,14 +119,67 @@ def _validate_adapter_dtype(cfg: DictConfig) -> None:
         raise ConfigError(
             f"method.adapter_dtype={dtype} with distributed={cfg.distributed.name}: DeepSpeed "
             "sets the dtype of trainable weights itself (16-bit copies from "
-            "trainer.mixed_precision, fp32 masters in the optimizer); remove method.adapter_dtype"
+            "trainer.precision, fp32 masters in the optimizer); remove method.adapter_dtype"
         )
-    if method == "qlora" and dtype != "fp32" and cfg.trainer.mixed_precision == "none":
+    if method == "qlora" and dtype != "fp32" and autocast_dtype(precision_of(cfg)) == "none":
         # The fp32 norms hand the 16-bit head fp32 activations; only autocast reconciles them.
         raise ConfigError(
             f"method.adapter_dtype={dtype} with method=qlora needs autocast: the embeddings and "
-            "head are then 16-bit while the norms stay fp32; add trainer.mixed_precision=bf16"
+            "head are then 16-bit while the norms stay fp32; add trainer.precision=bf16-mixed"
         )
+
+
+# trainer.mixed_precision → trainer.precision, for the message that replaces the old key.
+OLD_PRECISION = {"bf16": "bf16-mixed", "fp16": "fp16-mixed"}
+
+
+def _validate_precision(cfg: DictConfig) -> None:
+    old = cfg.trainer.get("mixed_precision")
+    if old is not None:
+        new = OLD_PRECISION.get(str(old), "fp32 (or bf16-true for pure 16-bit weights)")
+        raise ConfigError(
+            f"trainer.mixed_precision={old} was replaced by trainer.precision: use "
+            f"trainer.precision={new}, or leave it out (auto: fp32 master weights with bf16 "
+            "autocast for a 16-bit model.dtype)"
+        )
+    precision, method = precision_of(cfg), str(cfg.method.name)
+    if precision == "bf16-true" and method not in ("full", "freeze"):
+        raise ConfigError(
+            f"trainer.precision=bf16-true with method={method}: it applies to method=full and "
+            "method=freeze; 16-bit adapters are method.adapter_dtype=bf16 with "
+            "trainer.precision=bf16-mixed"
+        )
+    if precision == "bf16-true" and cfg.distributed.name.startswith("zero"):
+        raise ConfigError(
+            f"trainer.precision=bf16-true with distributed={cfg.distributed.name}: DeepSpeed's "
+            "bf16 mode keeps fp32 master weights in the optimizer; use trainer.precision="
+            "bf16-mixed (or auto)"
+        )
+    _validate_bf16_update(cfg, precision)
+
+
+def _validate_bf16_update(cfg: DictConfig, precision: str) -> None:
+    update = str(cfg.optim.bf16_update)
+    if update in ("auto", "none"):
+        return
+    if precision != "bf16-true":
+        mixed = "fp32" if precision not in MIXED else "fp32 master"
+        raise ConfigError(
+            f"optim.bf16_update={update} with trainer.precision={precision}: the weights are "
+            f"{mixed} weights, where no update is lost; it applies to trainer.precision=bf16-true"
+        )
+    if cfg.optim.name != "adamw":
+        raise ConfigError(
+            f"optim.bf16_update={update} with optim={cfg.optim.name}: it is an AdamW update; "
+            "use optim=adamw, or optim.bf16_update=none"
+        )
+    if update == "kahan":
+        try:
+            import optimi  # noqa: F401
+        except ImportError as err:
+            raise ConfigError(
+                f"optim.bf16_update=kahan needs torch-optimi (pip install torch-optimi): {err}"
+            ) from err
 
 
 def _validate_resume(resume: str) -> None:
@@ -189,7 +245,7 @@ def _validate_dpo(cfg: DictConfig) -> None:
 
 
 def _validate_reference(reference: str) -> None:
-    from bigft.models.load import looks_local
+    from bigft.config.paths import looks_local
 
     if reference in ("auto", "precompute") or not looks_local(reference):
         return

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bigft.config.precision import precision_of
 from bigft.errors import ConfigError
 
 
@@ -39,27 +40,49 @@ def _check_not_contradicted(user: dict[str, Any], key: str, value: Any, source: 
     )
 
 
-def _precision(cfg: DictConfig, user: dict[str, Any]) -> dict[str, Any]:
-    mode = str(cfg.trainer.mixed_precision)
-    wanted = {"bf16": mode == "bf16", "fp16": mode == "fp16"}
+def _refuse(key: str, given: Any, mode: str) -> None:
+    raise ConfigError(
+        f"distributed.deepspeed.{key}={given} contradicts trainer.precision={mode}; set the "
+        "precision with trainer.precision"
+    )
+
+
+def _precision(mode: str, user: dict[str, Any]) -> dict[str, Any]:
+    """DeepSpeed's bf16 / fp16 sections for trainer.precision (resolved).
+
+    bf16-mixed is DeepSpeed's bf16 mode with its fp32 master weights and optimizer state: the
+    module computes in bf16, the ZeRO optimizer updates fp32 copies of its partitions. Its
+    bf16_master_weights_and_grads / bf16_optimizer_states switches would make that pure bf16
+    (what bf16-true means, refused under DeepSpeed), so they are pinned off.
+    """
+    wanted = {"bf16": mode == "bf16-mixed", "fp16": mode == "fp16-mixed"}
+    sections: dict[str, Any] = {}
     for key, enabled in wanted.items():
-        given = (user.get(key) or {}).get("enabled")
+        section = dict(user.get(key) or {})
+        given = section.get("enabled")
         if given is not None and given != "auto" and bool(given) != enabled:
-            raise ConfigError(
-                f"distributed.deepspeed.{key}.enabled={given} contradicts "
-                f"trainer.mixed_precision={mode}; set the precision with trainer.mixed_precision"
-            )
-    return {key: {**(user.get(key) or {}), "enabled": enabled} for key, enabled in wanted.items()}
+            _refuse(f"{key}.enabled", given, mode)
+        section["enabled"] = enabled
+        sections[key] = section
+    for switch in ("bf16_master_weights_and_grads", "bf16_optimizer_states"):
+        if sections["bf16"].get(switch):
+            _refuse(f"bf16.{switch}", True, mode)
+        if wanted["bf16"]:
+            sections["bf16"][switch] = False
+    return sections
 
 
-def build_deepspeed_config(cfg: DictConfig, world_size: int) -> dict[str, Any]:
-    """The complete DeepSpeed config dict for this run on `world_size` ranks."""
+def build_deepspeed_config(
+    cfg: DictConfig, world_size: int, precision: str | None = None
+) -> dict[str, Any]:
+    """The complete DeepSpeed config dict for this run on `world_size` ranks, in `precision`
+    (resolved; None: resolved from the config for a bf16-capable GPU)."""
     user = OmegaConf.to_container(cfg.distributed.deepspeed, resolve=True) or {}
     ds = copy.deepcopy(user)
     for key, (value, source) in owned_values(cfg, world_size).items():
         _check_not_contradicted(user, key, value, source)
         ds[key] = value
-    ds.update(_precision(cfg, user))
+    ds.update(_precision(precision or precision_of(cfg), user))
     if cfg.optim.name != "adamw":
         # bitsandbytes and SGD optimizers are not on DeepSpeed's list of ZeRO-tested ones.
         ds.setdefault("zero_allow_untested_optimizer", True)

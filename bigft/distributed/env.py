@@ -1,7 +1,7 @@
 """Who am I in the job: rank, local rank, world size and device, read from the environment.
 
 torchrun and `deepspeed` set RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT; in a Slurm job,
-bigft sets them from SLURM_* first (bigft/launch/slurm_job.py). SLURM_* are not read here: the
+bigft sets them from SLURM_* first (bigft/launch/slurm_rank.py). SLURM_* are not read here: the
 batch script of a 2-task job also sees SLURM_NTASKS=2, though it is one process.
 """
 

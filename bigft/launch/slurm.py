@@ -21,8 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from bigft.config.sbatch_options import option_pairs, time_minutes
 from bigft.data.readers import looks_like_path, read_records
+from bigft.demo.build import ensure_model, needs_building
 from bigft.errors import ConfigError, DataError, exit_on_user_error
-from bigft.models.build import ensure_model
 from bigft.models.load import looks_local, resolve_source
 
 log = logging.getLogger(__name__)
@@ -121,6 +121,12 @@ def check_sweep(overrides: list[str]) -> None:
 
 
 def _check_data(cfg: DictConfig) -> None:
+    if OmegaConf.is_missing(cfg.data, "train"):
+        # The nodes would find out only after the queue: say it here.
+        raise ConfigError(
+            "data.train is missing: give the training data with data.train=... (a file, a "
+            "directory or a datasets name)"
+        )
     for key in ("train", "eval"):
         spec = cfg.data.get(key)
         if not spec:
@@ -136,8 +142,18 @@ def _check_data(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig) -> None:
-    # A model bigft builds (the demo base) is built once here, not by racing ranks in the job.
-    ensure_model(cfg.model)
+    if needs_building(cfg.model):
+        if cfg.launcher.dry_run:
+            # A dry run shows the job at once: building the demo base takes minutes.
+            log.info(
+                "%s does not exist yet: it is built (model.build_if_missing=%s) when the job "
+                "is submitted; a dry run builds nothing",
+                cfg.model.path,
+                cfg.model.build_if_missing,
+            )
+            return
+        # A model bigft builds (the demo base) is built once here, not by racing ranks in the job.
+        ensure_model(cfg.model)
     for key in ("path", "tokenizer"):
         source = cfg.model.get(key)
         if source and looks_local(source):

@@ -12,11 +12,10 @@ import logging
 import torch
 
 from bigft.errors import ConfigError
+from bigft.models.load import CLASSIFIER_HEADS
 
 log = logging.getLogger(__name__)
 
-# Names transformers uses for a classification / reward head, most common first.
-CLASSIFIER_HEADS = ("score", "classifier", "classification_head", "v_head")
 HEAD_NAMES = (*CLASSIFIER_HEADS, "lm_head")
 # Where decoder blocks live in common architectures (Llama/Mistral/Qwen, GPT-2/Falcon, NeoX, OPT).
 LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")

@@ -7,20 +7,29 @@ import torch
 from bigft.errors import ConfigError
 
 
+def quantized_bits(param: torch.Tensor) -> int | None:
+    """4 or 8 for a bitsandbytes-quantized weight, None for an ordinary one."""
+    if getattr(param, "quant_state", None) is not None:
+        return 4
+    if type(param).__name__ == "Int8Params":
+        return 8
+    return None
+
+
 def real_numel(param: torch.Tensor) -> int:
     """The number of weights a parameter stands for, not the elements of its storage.
 
     bitsandbytes packs two 4-bit weights per byte (or more per element with a float
-    quant_storage); its quant_state keeps the original shape. ZeRO-3 leaves an empty
-    placeholder on each rank and records the full size as ds_numel.
+    quant_storage); its quant_state keeps the original shape, also once ZeRO-3 has partitioned
+    the storage. ZeRO-3 leaves an empty placeholder on each rank and records the full size as
+    ds_numel.
     """
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None:
+        return int(torch.Size(shape).numel())
     ds_numel = getattr(param, "ds_numel", None)
     if ds_numel is not None:
         return int(ds_numel)
-    quant_state = getattr(param, "quant_state", None)
-    shape = getattr(quant_state, "shape", None)
-    if shape is not None:
-        return int(torch.Size(shape).numel())
     return param.numel()
 
 
@@ -35,6 +44,16 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+def count_quantized(model: torch.nn.Module) -> dict[int, int]:
+    """{bits: weights} of the quantized (frozen) base, e.g. {4: 6_815_744}."""
+    counts: dict[int, int] = {}
+    for param in model.parameters():
+        bits = quantized_bits(param)
+        if bits is not None:
+            counts[bits] = counts.get(bits, 0) + real_numel(param)
+    return counts
+
+
 def _human(n: int) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= size:
@@ -43,10 +62,16 @@ def _human(n: int) -> str:
 
 
 def describe_trainable(model: torch.nn.Module) -> str:
-    """One log line, e.g. "trainable 1.2M / 8.0M (15.0%)"."""
+    """One log line, e.g. "trainable 1.2M / 8.0M (15.0%)"; with a QLoRA base it says how many
+    of the weights are stored in 4 bits (counted as weights, not as the bytes that pack them)."""
     trainable, total = count_parameters(model)
     share = 100.0 * trainable / total if total else 0.0
-    return f"trainable {_human(trainable)} / {_human(total)} ({share:.1f}%)"
+    line = f"trainable {_human(trainable)} / {_human(total)} ({share:.1f}%)"
+    quantized = count_quantized(model)
+    if quantized:
+        parts = [f"{_human(n)} in {bits}-bit" for bits, n in sorted(quantized.items())]
+        line += f"; frozen base weights {', '.join(parts)}"
+    return line
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

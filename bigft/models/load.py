@@ -6,9 +6,10 @@ turned into a ConfigError that says what to change, before any weights are read.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,54 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from bigft.config.paths import looks_local
 from bigft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 HEADS = ("causal_lm", "sequence_classification")
+# Names transformers uses for a classification / reward head, most common first.
+CLASSIFIER_HEADS = ("score", "classifier", "classification_head", "v_head")
+
+# transformers' messages that read as failures where bigft knows they are not (see their uses).
+TRANSFORMERS_LOGGER = "transformers.modeling_utils"
+LOAD_REPORT = "LOAD REPORT"
+PADDING_WARNING = "We strongly recommend passing in an `attention_mask`"
+
+
+class _HoldBack(logging.Filter):
+    """Keeps the records whose message contains `text` (for the caller to judge); the rest pass."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.text in record.getMessage():
+            self.held.append(record)
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def held_back(text: str, logger: str = TRANSFORMERS_LOGGER) -> Iterator[_HoldBack]:
+    """While inside, `logger`'s messages containing `text` are held instead of printed."""
+    hold = _HoldBack(text)
+    target = logging.getLogger(logger)
+    target.addFilter(hold)
+    try:
+        yield hold
+    finally:
+        target.removeFilter(hold)
+
+
+def packed_rows_unmasked() -> contextlib.AbstractContextManager:
+    """For a forward of packed rows: no 2-D attention mask is passed on purpose (the position
+    ids keep examples apart and make the padding a block of its own, bigft/data/collate.py), so
+    transformers' advice to pass one when it sees pad ids is wrong there and is not printed."""
+    return held_back(PADDING_WARNING)
 
 
 def torch_dtype(name: object) -> torch.dtype:
@@ -35,18 +78,6 @@ def torch_dtype(name: object) -> torch.dtype:
     if key not in TORCH_DTYPES:
         raise ConfigError(f"dtype={key!r} is not allowed: expected one of {sorted(TORCH_DTYPES)}")
     return TORCH_DTYPES[key]
-
-
-def looks_local(path: str) -> bool:
-    """True when `path` is meant as a directory on disk rather than a hub id.
-
-    "org/name" is a hub id unless a directory "org" exists here; absolute, ~, ./ and ../ paths
-    are always local.
-    """
-    if path.startswith(("/", "~", "./", "../")) or path in (".", ".."):
-        return True
-    parent = Path(path).parent
-    return str(parent) != "." and parent.is_dir()
 
 
 def _hub_error(source: str, what: str, err: Exception) -> ConfigError:
@@ -59,22 +90,24 @@ def _hub_error(source: str, what: str, err: Exception) -> ConfigError:
     )
 
 
-def resolve_source(source: str, *, what: str = "model") -> str:
+def resolve_source(source: str, *, what: str = "model", key: str | None = None) -> str:
     """Check that `source` is a usable local model directory, or leave it as a hub id.
 
     Returns the path to pass to from_pretrained (with ~ expanded for local directories).
+    `key` names the config key the path came from, in the messages.
     """
     if not looks_local(source):
         return source
     path = Path(source).expanduser()
+    where = f"{key}={source!r}" if key else f"{what} path {source!r}"
     if not path.exists():
-        raise ConfigError(f"{what} path {source!r} does not exist (resolved to {path.absolute()})")
+        raise ConfigError(f"{where} does not exist (resolved to {path.absolute()})")
     if not path.is_dir():
-        raise ConfigError(f"{what} path {source!r} is not a directory")
+        raise ConfigError(f"{where} is not a directory")
     # A tokenizer-only directory has no config.json; a model directory must have one.
     if what != "tokenizer" and not (path / "config.json").is_file():
         raise ConfigError(
-            f"{what} path {source!r} is not a Hugging Face model directory: it must be a "
+            f"{where} is not a Hugging Face model directory: it must be a "
             f"directory that contains config.json"
         )
     return str(path)
@@ -99,7 +132,9 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
     A tokenizer without a pad token gets its EOS token as pad: the collators mask padding out of
     the loss with the attention mask / labels, so the id only has to be a valid embedding.
     """
-    source = resolve_source(model_cfg.tokenizer or model_cfg.path, what="tokenizer")
+    # Without model.tokenizer the tokenizer is model.path's: a mistake there is model.path's.
+    key, what = ("model.tokenizer", "tokenizer") if model_cfg.tokenizer else ("model.path", "model")
+    source = resolve_source(model_cfg.tokenizer or model_cfg.path, what=what, key=key)
     tokenizer = _hub_call(
         source,
         "tokenizer",
@@ -115,6 +150,31 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         log.info("tokenizer has no pad token: using its EOS token %r as pad", tokenizer.eos_token)
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+# Where configs keep their number of positions (Llama and most: the first; GPT-2: the second).
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def check_max_length(model_cfg: Any, max_length: int) -> None:
+    """Refuse a task.max_length longer than the model's positions, before any weights load."""
+    source = resolve_source(model_cfg.path, key="model.path")
+    config = _hub_call(
+        source,
+        "model",
+        AutoConfig.from_pretrained,
+        source,
+        revision=model_cfg.revision,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+    )
+    found = [(k, getattr(config, k, None)) for k in POSITION_KEYS]
+    found = [(k, n) for k, n in found if isinstance(n, int)]
+    if found and max_length > found[0][1]:
+        name, positions = found[0]
+        raise ConfigError(
+            f"task.max_length={max_length} is longer than the model's {positions} positions "
+            f"({name} in {source}'s config.json): set task.max_length to at most {positions}"
+        )
 
 
 def quantization_config(method_cfg: Any) -> Any | None:
@@ -161,6 +221,41 @@ def _auto_class(head: str) -> Any:
     raise ConfigError(f"unknown model head {head!r}: expected one of {HEADS}")
 
 
+def _is_new_head(loading: dict[str, Any]) -> bool:
+    """A causal-LM checkpoint loaded with a new classification head: its head is missing (to be
+    trained) and its lm_head is unused, and nothing else is amiss."""
+    missing = loading.get("missing_keys") or []
+    unexpected = loading.get("unexpected_keys") or []
+    return (
+        bool(missing)
+        and all(k.split(".")[0] in CLASSIFIER_HEADS for k in missing)
+        and all(k.split(".")[0] == "lm_head" for k in unexpected)
+        and not loading.get("mismatched_keys")
+        and not loading.get("error_msgs")
+    )
+
+
+def _explain_load_report(
+    model: torch.nn.Module, loading: dict[str, Any], held: list[logging.LogRecord], head: str
+) -> None:
+    """transformers' load report, as one line where it only says that the head is new."""
+    if not held:
+        return
+    if head == "sequence_classification" and _is_new_head(loading):
+        new = sorted({k.split(".")[0] for k in loading["missing_keys"]})
+        log.info(
+            "new %s head %s with %d outputs, randomly initialised for training; the checkpoint's "
+            "lm_head is not used (expected: transformers' load report of it is not shown)",
+            type(model).__name__,
+            ", ".join(new),
+            model.config.num_labels,
+        )
+        return
+    target = logging.getLogger(TRANSFORMERS_LOGGER)
+    for record in held:  # something else is amiss: the user sees transformers' report
+        target.handle(record)
+
+
 def keep_4bit_layout_stable(model: torch.nn.Module) -> None:
     """Turn off bitsandbytes' CPU inference repacking of 4-bit weights.
 
@@ -182,14 +277,16 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     *,
     device: str | torch.device | None = None,
+    dtype: str | None = None,
 ) -> torch.nn.Module:
-    """The base model for `head`, in `model.dtype`, quantized for method=qlora.
+    """The base model for `head`, in `dtype` (None: `model.dtype`), quantized for method=qlora.
 
     `device` places the weights at load time (needed to quantize straight onto a GPU); None
-    loads on the CPU and leaves placement to the caller.
+    loads on the CPU and leaves placement to the caller. `dtype` is what trainer.precision
+    loads in (bigft.config.precision.load_dtype): fp32 for precision=fp32, bf16 for bf16-true.
     """
-    source = resolve_source(model_cfg.path)
-    dtype = torch_dtype(model_cfg.dtype)
+    source = resolve_source(model_cfg.path, key="model.path")
+    dtype = torch_dtype(dtype or model_cfg.dtype)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": bool(model_cfg.trust_remote_code),
@@ -214,9 +311,17 @@ def load_model(
         kwargs["quantization_config"] = quant
     if device is not None:
         kwargs["device_map"] = {"": device}
-    model = _hub_call(
-        source, "model", _auto_class(head).from_pretrained, source, config=config, **kwargs
-    )
+    with held_back(LOAD_REPORT) as report:
+        model, loading = _hub_call(
+            source,
+            "model",
+            _auto_class(head).from_pretrained,
+            source,
+            config=config,
+            output_loading_info=True,
+            **kwargs,
+        )
+    _explain_load_report(model, loading, report.held, head)
     if quant is not None:
         keep_4bit_layout_stable(model)
     if model_cfg.gradient_checkpointing:

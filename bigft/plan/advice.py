@@ -65,21 +65,29 @@ def _zero(s: Setup) -> Change | None:
     overrides = ["distributed=zero3"]
     if s.method == "qlora":  # ZeRO-3 shards the 4-bit base only in the compute dtype
         overrides += [f"method.quant_storage={s.compute_dtype}", f"model.dtype={s.compute_dtype}"]
-    mp = s.mixed_precision
-    if mp == "none" and s.method != "qlora":
-        mp = "bf16"
-        overrides.append("trainer.mixed_precision=bf16")
+    changes = {} if s.method == "qlora" else _deepspeed_precision(s, overrides)
     return Change(
         f"ZeRO-3 over the {s.world_size} GPUs (parameters, gradients and optimizer state "
         "sharded; more communication)",
         tuple(overrides),
-        s.replace(zero_stage=3, mixed_precision=mp, offload_optimizer=False),
+        s.replace(zero_stage=3, offload_optimizer=False, **changes),
     )
 
 
+def _deepspeed_precision(s: Setup, overrides: list[str]) -> dict[str, str]:
+    """ZeRO stages are planned in DeepSpeed's bf16 mode (16-bit module, fp32 masters in the
+    optimizer), where they save memory; bigft refuses bf16-true under DeepSpeed."""
+    if s.mixed:
+        return {}
+    overrides.append("trainer.precision=bf16-mixed")
+    if s.bf16_update != "none":
+        overrides.append("optim.bf16_update=auto")
+    return {"precision": "bf16-mixed", "bf16_update": "none"}
+
+
 def _optimizer_8bit(s: Setup) -> Change | None:
-    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit", "sgd"):
-        return None
+    if s.optimizer in ("adamw_8bit", "paged_adamw_8bit", "sgd") or s.bf16_update != "none":
+        return None  # bitsandbytes' optimizers would drop the bf16 update rule (bf16-true)
     name = "paged_adamw_8bit" if s.optimizer == "paged_adamw" else "adamw_8bit"
     return Change(
         "8-bit optimizer state (bitsandbytes; slightly different numerics)",
@@ -92,14 +100,14 @@ def _adapters_bf16(s: Setup) -> Change | None:
     if s.method not in ("lora", "qlora") or s.adapter_dtype or s.deepspeed:
         return None
     overrides = ["method.adapter_dtype=bf16"]
-    mp = s.mixed_precision
-    if mp == "none":  # bf16 adapters train under bf16 autocast (config validation)
-        mp = "bf16"
-        overrides.append("trainer.mixed_precision=bf16")
+    precision = s.precision
+    if not s.mixed:  # bf16 adapters train under bf16 autocast (config validation)
+        precision = "bf16-mixed"
+        overrides.append("trainer.precision=bf16-mixed")
     return Change(
         "bf16 adapters, as the QLoRA paper ran them (updates rounded to bf16)",
         tuple(overrides),
-        s.replace(adapter_dtype="bf16", mixed_precision=mp),
+        s.replace(adapter_dtype="bf16", precision=precision),
     )
 
 
@@ -117,14 +125,11 @@ def _offload(s: Setup) -> Change | None:
     if s.offload_optimizer or s.method == "qlora":
         return None
     overrides = ["distributed=zero3_offload"]
-    mp = s.mixed_precision
-    if mp == "none":
-        mp = "bf16"
-        overrides.append("trainer.mixed_precision=bf16")
+    changes = _deepspeed_precision(s, overrides)
     return Change(
         "ZeRO-3 with the optimizer on the CPU (several times slower per step)",
         tuple(overrides),
-        s.replace(zero_stage=3, offload_optimizer=True, mixed_precision=mp),
+        s.replace(zero_stage=3, offload_optimizer=True, **changes),
     )
 
 

@@ -22,6 +22,7 @@ from bigft.plan.shape import ModelShape
 
 GIB = 2**30
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+SR_STEP_BYTES = 4 + 4 + 4 + 4 + 2
 COMPONENTS = ("weights", "trainable", "gradients", "optimizer", "activations", "temporaries")
 
 
@@ -94,16 +95,25 @@ def _quantized_bytes_per_weight(s: Setup) -> float:
 
 
 def _param_bytes(s: Setup) -> int:
-    """Bytes of one model weight as it sits on the GPU during the step."""
-    if s.deepspeed and s.mixed_precision != "none":
+    """Bytes of one frozen model weight as it sits on the GPU during the step."""
+    if s.deepspeed and s.mixed:
         return 2  # DeepSpeed casts the module to 16 bits and keeps fp32 masters in the optimizer
-    return DTYPE_BYTES[s.model_dtype]
+    return DTYPE_BYTES[s.weights_dtype]
+
+
+def _trained_weight_bytes(s: Setup) -> int:
+    """Bytes of one of the model's own weights that trains (full, freeze): fp32 master weights
+    in the mixed modes (bigft.engine.precision holds them so), bf16 under bf16-true; DeepSpeed
+    keeps its fp32 masters in the optimizer instead."""
+    if s.deepspeed:
+        return _param_bytes(s)
+    return 2 if s.precision == "bf16-true" else 4
 
 
 def _adapter_bytes(s: Setup) -> int:
     """Bytes of one adapter weight: fp32 (peft's autocast_adapter_dtype) unless
     method.adapter_dtype says otherwise, or DeepSpeed casts the module to 16 bits."""
-    if s.deepspeed and s.mixed_precision != "none":
+    if s.deepspeed and s.mixed:
         return 2
     return DTYPE_BYTES[s.adapter_dtype] if s.adapter_dtype else 4
 
@@ -115,7 +125,7 @@ def _embedding_bytes(s: Setup, default: int) -> int:
 
 def _optimizer_bytes(s: Setup, trainable_bytes: int) -> float:
     """Optimizer state bytes per trainable parameter (ZeRO's fp32 master copy included)."""
-    master = 4 if s.deepspeed and s.mixed_precision != "none" else 0
+    master = 4 if s.deepspeed and s.mixed else 0
     state_dtype = 4 if master else trainable_bytes  # torch keeps state in the param's dtype
     per = {
         "adamw": 2 * state_dtype,
@@ -124,7 +134,9 @@ def _optimizer_bytes(s: Setup, trainable_bytes: int) -> float:
         "paged_adamw_8bit": 2,
         "sgd": state_dtype,
     }[s.optimizer]
-    return master + per
+    # optim.bf16_update=kahan: optimi's compensation buffer, in the weight's dtype.
+    kahan = trainable_bytes if s.bf16_update == "kahan" else 0
+    return master + per + kahan
 
 
 @dataclass
@@ -158,7 +170,7 @@ def model_states(shape: ModelShape, s: Setup) -> States:
         )
     else:
         weights = frozen * pb
-    tb = _adapter_bytes(s) if counts.adapters else pb
+    tb = _adapter_bytes(s) if counts.adapters else _trained_weight_bytes(s)
     trainable = counts.trainable * tb
     gradients = counts.trainable * tb
     optimizer = counts.trainable * _optimizer_bytes(s, tb)
@@ -183,9 +195,11 @@ def _act_dtypes(s: Setup) -> tuple[int, int]:
         # The residual stream has the embeddings' dtype: fp32 as prepare_model_for_kbit_training
         # leaves them, 16-bit with method.adapter_dtype (the blocks' outputs are 16-bit).
         return e, _embedding_bytes(s, 4)
-    if s.deepspeed and s.mixed_precision != "none":
+    if s.deepspeed and s.mixed:
         return 2, 2
-    return e, DTYPE_BYTES[s.model_dtype]
+    if s.method == "full" and not s.deepspeed:
+        return e, _trained_weight_bytes(s)  # the embeddings train: the stream has their dtype
+    return e, DTYPE_BYTES[s.weights_dtype]
 
 
 def block_activation_bytes(shape: ModelShape, s: Setup, weights_train: bool) -> float:
@@ -273,6 +287,10 @@ def estimate(shape: ModelShape, s: Setup) -> Breakdown:
     # bigft's torch AdamW is fused (bigft.engine.optim): one kernel per parameter group, with no
     # temporary beside its state; bitsandbytes' optimizers and SGD update in place as well.
     opt_temp = zero_step if s.deepspeed else 0.0
+    if s.bf16_update == "stochastic":
+        # StochasticRoundingAdamW steps one tensor at a time in fp32: moments, weight, the random
+        # bits (4 bytes each) and the rounded bf16 result, for the largest trainable tensor.
+        opt_temp = SR_STEP_BYTES * st.largest_trainable
     accumulated = st.gradients if s.grad_accum > 1 else 0.0
     moments = [
         ("end of forward", accumulated, acts, transient + zero_live),

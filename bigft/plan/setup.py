@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from bigft.config.precision import MIXED, bf16_update_of, load_dtype, precision_of
 from bigft.distributed.deepspeed_config import offloads_optimizer, offloads_params, zero_stage
 from bigft.errors import ConfigError
 from bigft.tasks.reference import reference_source
@@ -22,8 +23,8 @@ DS_SUB_GROUP = 1_000_000_000
 @dataclass(frozen=True)
 class Setup:
     method: str
-    model_dtype: str  # fp32 | bf16 | fp16
-    mixed_precision: str  # none | bf16 | fp16
+    model_dtype: str  # model.dtype: fp32 | bf16 | fp16 (the checkpoint's)
+    precision: str  # trainer.precision, resolved: fp32 | bf16-mixed | fp16-mixed | bf16-true
     checkpointing: bool
     optimizer: str
     zero_stage: int  # 0: plain torch (single or DDP)
@@ -36,8 +37,12 @@ class Setup:
     ranks_per_node: int
     gpu_memory_gib: float
     head_outputs: int | None  # classify / reward: the head's outputs; None: the LM head
-    # Sequences one example puts through the model: a reward pair is two (chosen, rejected).
+    # Sequences one example puts through the model: a reward ranking of K responses is K (one
+    # forward per response); K is task.max_responses, or 2 (a pair) when that is unset.
     sequences_per_example: int = 1
+    # Whether sequences_per_example was assumed rather than configured (reward without
+    # task.max_responses): the plan then says so.
+    sequences_assumed: bool = False
     # dpo's reference (bigft.tasks.reference.reference_source): "adapters", "precompute", a
     # model path; None for other tasks and for the reference-free simpo.
     reference: str | None = None
@@ -51,6 +56,7 @@ class Setup:
     compute_dtype: str = "bf16"
     quant_storage: str | None = None
     adapter_dtype: str | None = None  # None: fp32 adapters (peft's default)
+    bf16_update: str = "none"  # optim.bf16_update, resolved: stochastic | kahan | none
     num_virtual_tokens: int = 16
     # DeepSpeed buffers (elements)
     max_live_parameters: int = DS_MAX_LIVE_PARAMETERS
@@ -67,10 +73,20 @@ class Setup:
         return self.zero_stage > 0
 
     @property
+    def mixed(self) -> bool:
+        """16-bit compute over fp32 master weights (autocast, or DeepSpeed's bf16/fp16 mode)."""
+        return self.precision in MIXED
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the base model is loaded in (frozen weights keep it without DeepSpeed)."""
+        return load_dtype(self.precision, self.model_dtype, self.method)
+
+    @property
     def sixteen_bit_compute(self) -> bool:
         if self.method == "qlora":
-            return self.compute_dtype != "fp32" or self.mixed_precision != "none"
-        return self.model_dtype != "fp32" or self.mixed_precision != "none"
+            return self.compute_dtype != "fp32" or self.mixed
+        return self.weights_dtype != "fp32" or self.mixed
 
     def replace(self, **changes: Any) -> Setup:
         return dataclasses.replace(self, **changes)
@@ -88,12 +104,14 @@ def setup_from_config(cfg: Any) -> Setup:
     m, t = cfg.method, cfg.trainer
     task = str(cfg.task.name)
     head = None
+    # Planned for GPUs that compute bf16 (every one bigft-plan sizes: A100, H100, L40S, ...).
+    precision = precision_of(cfg)
     if task in ("classify", "reward"):
         head = max(1, len(cfg.task.labels)) if task == "classify" else 1
     return Setup(
         method=str(m.name),
         model_dtype=str(cfg.model.dtype),
-        mixed_precision=str(t.mixed_precision),
+        precision=precision,
         checkpointing=bool(cfg.model.gradient_checkpointing),
         optimizer=str(cfg.optim.name),
         zero_stage=stage,
@@ -106,7 +124,8 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
-        sequences_per_example=2 if task in ("reward", "dpo") else 1,
+        sequences_per_example=_sequences_per_example(cfg),
+        sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
         reference=reference_source(cfg),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
@@ -117,9 +136,21 @@ def setup_from_config(cfg: Any) -> Setup:
         compute_dtype=str(m.compute_dtype),
         quant_storage=str(m.quant_storage) if m.quant_storage else None,
         adapter_dtype=str(m.adapter_dtype) if m.get("adapter_dtype") else None,
+        bf16_update=bf16_update_of(precision, cfg.optim.bf16_update, cfg.optim.name),
         num_virtual_tokens=int(m.num_virtual_tokens),
         max_live_parameters=int(zero.get("stage3_max_live_parameters", DS_MAX_LIVE_PARAMETERS)),
         prefetch_bucket=int(zero.get("stage3_prefetch_bucket_size", DS_PREFETCH_BUCKET)),
         reduce_bucket=int(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET)),
         sub_group=int(zero.get("sub_group_size", DS_SUB_GROUP)),
     )
+
+
+def _sequences_per_example(cfg: Any) -> int:
+    """Sequences one example forwards: a reward ranking scores each of its K responses once,
+    a dpo pair both of its sides."""
+    if str(cfg.task.name) == "dpo":
+        return 2
+    if str(cfg.task.name) != "reward":
+        return 1
+    k = cfg.task.get("max_responses")
+    return int(k) if k is not None else 2

@@ -58,7 +58,7 @@ def hf_config_dict(model_cfg: Any) -> dict[str, Any]:
     if model_cfg.get("shape"):
         shape = model_cfg.shape
         return OmegaConf.to_container(shape) if isinstance(shape, DictConfig) else dict(shape)
-    from bigft.models.load import looks_local
+    from bigft.config.paths import looks_local
 
     path = str(model_cfg.path)
     if looks_local(path):

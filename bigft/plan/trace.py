@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from bigft.config.precision import autocast_dtype, bf16_update_of, load_dtype, precision_of
 from bigft.errors import ConfigError
 from bigft.plan.estimate import Breakdown
 from bigft.plan.setup import setup_from_config
@@ -110,13 +111,16 @@ def build_fake_model(cfg: Any) -> tuple[torch.nn.Module, list[torch.Tensor]]:
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from bigft.engine.precision import apply_precision
     from bigft.methods import apply_method
     from bigft.models.load import enable_gradient_checkpointing, torch_dtype
     from bigft.plan.nf4 import quantize_linear_layers
 
     keys = hf_config_dict(cfg.model)
     config = AutoConfig.for_model(keys.pop("model_type"), **keys)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(cfg.model.dtype))
+    precision = precision_of(cfg)
+    dtype = load_dtype(precision, cfg.model.dtype, cfg.method.name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype))
     extra: list[torch.Tensor] = []
     if str(cfg.method.name) == "qlora":
         if int(cfg.method.bits) != 4:
@@ -127,6 +131,7 @@ def build_fake_model(cfg: Any) -> tuple[torch.nn.Module, list[torch.Tensor]]:
         enable_gradient_checkpointing(model)
     with _convert_fake_parameters_in_place():
         model = apply_method(model, cfg.method, "causal_lm")
+    apply_precision(model, cfg, precision, deepspeed=False, announce=False)
     return model, extra
 
 
@@ -143,7 +148,7 @@ def _foreach(optimizer: torch.optim.Optimizer) -> None:
 
 
 def _autocast(cfg: Any) -> contextlib.AbstractContextManager:
-    mode = str(cfg.trainer.mixed_precision)
+    mode = autocast_dtype(precision_of(cfg))
     if mode == "none":
         return contextlib.nullcontext()
     return torch.autocast("cpu", dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
@@ -169,7 +174,8 @@ def trace_step(cfg: Any, steps: int = 2, *, gpu_optimizer: bool = True) -> Trace
     with mode:
         model, extra = build_fake_model(cfg)
         batch = _batch(cfg, model.get_input_embeddings().num_embeddings)
-    optimizer = build_optimizer(model, cfg.optim)
+    update = bf16_update_of(precision_of(cfg), cfg.optim.bf16_update, cfg.optim.name)
+    optimizer = build_optimizer(model, cfg.optim, bf16_update=update)
     if gpu_optimizer:
         _foreach(optimizer)
     tracker = _tracker_class()()

@@ -8,6 +8,7 @@ whole accumulation window, so micro-batch 1 × accumulation 4 equals micro-batch
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import torch
 from bigft.data.collate import IGNORE_INDEX
 from bigft.data.readers import Record
 from bigft.errors import ConfigError
+from bigft.models.load import packed_rows_unmasked
 
 __all__ = ["IGNORE_INDEX", "LossOutput", "ModelHead", "Task", "cut", "forward_logits", "loss_stats"]
 
@@ -93,11 +95,14 @@ def forward_logits(
     inputs: dict[str, Any] = {"input_ids": batch["input_ids"], "use_cache": False}
     if keep is not None and _takes_logits_to_keep(model):
         inputs["logits_to_keep"] = keep
+    quiet: contextlib.AbstractContextManager = contextlib.nullcontext()
     if "position_ids" in batch:
         inputs["position_ids"] = batch["position_ids"]
+        quiet = packed_rows_unmasked()
     else:
         inputs["attention_mask"] = batch["attention_mask"]
-    logits = model(**inputs).logits.float()
+    with quiet:
+        logits = model(**inputs).logits.float()
     if keep is not None and logits.dim() == 3:  # a model without logits_to_keep: all positions
         logits = logits[keep]
     return logits

@@ -173,7 +173,7 @@ def _identity(cfg: DictConfig, source: str) -> dict[str, Any]:
     deepspeed = cfg.distributed.deepspeed
     numerics = {
         "model_dtype": str(cfg.model.dtype),
-        "mixed_precision": str(cfg.trainer.mixed_precision),
+        "precision": str(cfg.trainer.precision),
         "deepspeed": OmegaConf.to_container(deepspeed, resolve=True) if deepspeed else None,
     }
     if source == "precompute":

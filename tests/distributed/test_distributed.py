@@ -28,7 +28,10 @@ pytestmark = pytest.mark.distributed
 
 # Dropout off: two ranks draw different dropout masks than one process would.
 EXACT = ["method.dropout=0", "optim.scheduler=cosine", "trainer.max_steps=3"]
-QLORA_ZERO3 = ["method.quant_storage=fp32", "method.compute_dtype=fp32"]
+# Under ZeRO-3 bigft applies QLoRA's recipe itself (4-bit storage and model in the compute
+# dtype): these runs give only the compute dtype, and prove that the recipe it picks trains.
+QLORA_ZERO3 = ["method.compute_dtype=fp32"]
+QLORA_OTHER_MODES = ["method.quant_storage=fp32", "method.compute_dtype=fp32"]
 
 
 def run_ranks(
@@ -67,7 +70,14 @@ def test_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, method, mode, ext
     # 8 eval examples in batches of 3: rank 0 evaluates two batches, rank 1 one (and a spare).
     extra = [*extra, "trainer.eval_batch_size=3", "trainer.eval_at_start=true"]
     two = config(tmp_path, tiny_llama_dir, method, mode, *extra, "trainer.micro_batch_size=2")
-    ok(run_ranks([*two, "name=two"]))
+    two_ranks = run_ranks([*two, "name=two"])
+    ok(two_ranks)
+    if method == "qlora":
+        assert "method=qlora under ZeRO-3: set method.quant_storage=fp32" in two_ranks.stdout
+        one_storage = ["method.quant_storage=fp32"]  # what ZeRO-3 ran with, for equal numbers
+    else:
+        one_storage = []
+    extra = [*extra, *one_storage]
     one = config(tmp_path, tiny_llama_dir, method, "single", *extra, "trainer.micro_batch_size=4")
     train(compose_config([*one, "name=one"]))
     out = tmp_path / "outputs"
@@ -219,15 +229,17 @@ MODES = ["ddp", "zero1", "zero2", "zero3", "zero3_offload"]
 REFUSED = {("qlora", "zero3_offload"): "CPU offload with a 4-bit base"}
 
 
-def _method_extra(method: str) -> list[str]:
-    return QLORA_ZERO3 if method == "qlora" else []
+def _method_extra(method: str, mode: str) -> list[str]:
+    if method != "qlora":
+        return []
+    return QLORA_ZERO3 if mode == "zero3" else QLORA_OTHER_MODES
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_trains_under_every_mode(tmp_path, tiny_llama_dir, method, mode):
     overrides = [
-        *config(tmp_path, tiny_llama_dir, method, mode, *_method_extra(method)),
+        *config(tmp_path, tiny_llama_dir, method, mode, *_method_extra(method, mode)),
         "trainer.micro_batch_size=2",
         "trainer.max_steps=1",
     ]
@@ -285,3 +297,51 @@ def test_dpo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, method, m
     assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
     _same_eval(out / "two", out / "one")
     assert read_metrics(out / "two")[-1]["eval/rewards/margin"] != 0
+
+
+def test_zero2_with_the_default_precision_moves_every_master_weight_of_a_bf16_checkpoint(
+    tmp_path, tiny_llama_dir
+):
+    """trainer.precision=auto from a bf16 checkpoint under ZeRO-2 is DeepSpeed's bf16 mode: the
+    optimizer's fp32 master weights take every update at lr 2e-4, norms included (the bf16
+    module alone would round them away)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    from safetensors.torch import load_file
+
+    bf16_dir = tmp_path / "bf16"
+    AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(
+        bf16_dir
+    )
+    for tokenizer_file in tiny_llama_dir.glob("tokenizer*"):
+        (bf16_dir / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    small = ["model.dtype=bf16", "optim.lr=2e-4", "optim.scheduler=constant", "name=bf16"]
+    result = run_ranks(config(tmp_path, bf16_dir, "full", "zero2", *small))
+    ok(result)
+    assert "trainer.precision=bf16-mixed (from auto)" in result.stdout
+    checkpoint = latest_checkpoint(tmp_path / "outputs" / "bf16")
+    masters = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
+    base = load_file(str(bf16_dir / "model.safetensors"))
+    assert {t.dtype for t in masters.values()} == {torch.float32}
+    assert any("norm" in name for name in base)
+    unchanged = [n for n, t in base.items() if torch.equal(masters[n], t.float())]
+    assert unchanged == []
+
+
+@pytest.mark.parametrize("mode", ["ddp", "zero3"])
+def test_reward_rankings_on_two_ranks_equal_one_process(tmp_path, tiny_llama_dir, mode):
+    """Rankings of 2 to 4 responses, some with two reviewers' pairs (task.aggregate=pairs): the
+    rankings per rank differ, and the loss is still divided by the whole step's rankings."""
+    base = [
+        *train_overrides(tmp_path, tiny_llama_dir, "reward", "full"),
+        *EXACT,
+        "task.aggregate=pairs",
+        "trainer.eval_batch_size=3",
+        "trainer.eval_at_start=true",
+    ]
+    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
+    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
+    out = tmp_path / "outputs"
+    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
+    assert list(two_losses) == [1, 2, 3]
+    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
+    _same_eval(out / "two", out / "one")

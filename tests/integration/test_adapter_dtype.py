@@ -18,7 +18,7 @@ from bigft.train import train
 
 from .runs import train_losses
 
-BF16_QLORA = ("method.adapter_dtype=bf16", "trainer.mixed_precision=bf16")
+BF16_QLORA = ("method.adapter_dtype=bf16", "trainer.precision=bf16-mixed")
 
 
 def test_one_bf16_qlora_step_trains_the_adapter_and_saves_it_for_plain_peft(

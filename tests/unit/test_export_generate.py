@@ -13,10 +13,10 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from bigft.config.schema import MethodConfig, ModelConfig
+from bigft.config.schema import MethodConfig, ModelConfig, TaskConfig
 from bigft.errors import ConfigError, DataError
 from bigft.export import export_merged
-from bigft.generate import generate, read_prompts
+from bigft.generate import GenerateConfig, generate, read_prompts, read_requests
 from bigft.methods import apply_method
 from bigft.models import load_model, load_tokenizer
 from bigft.models.decode import _forward_loop
@@ -235,3 +235,72 @@ def test_generate_cli_prints_completions(lora_run):
     proc = run_cli("bigft.generate", f"run={lora_run}", "prompt=The quick", "max_new_tokens=4")
     assert proc.returncode == 0, proc.stderr
     assert "### prompt\nThe quick\n### completion\n" in proc.stdout
+
+
+def _with_task(run, **task):
+    """A run directory's config.yaml, as training writes it (only the task matters here)."""
+    (run / "config.yaml").write_text(OmegaConf.to_yaml({"task": {"name": "sft", **task}}))
+    return run
+
+
+def test_instruction_is_formatted_with_the_runs_own_template(lora_run):
+    run = _with_task(lora_run, prompt_template="Q: {instruction}\nA:")
+    shown = []
+    out = generate(run, [{"instruction": "reverse the word cat"}], max_new_tokens=6, shown=shown)
+    assert shown == ["Q: reverse the word cat\nA:"]
+    assert out == generate(run, ["Q: reverse the word cat\nA:"], max_new_tokens=6)
+    shown.clear()
+    generate(run, [{"instruction": "reverse", "input": "cat"}], max_new_tokens=1, shown=shown)
+    default = TaskConfig().prompt_template_with_input  # the run's config left it at the default
+    assert shown == [default.format(instruction="reverse", input="cat")]
+
+
+def test_messages_are_formatted_as_the_run_formatted_chats(lora_run):
+    run = _with_task(lora_run)
+    shown = []
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    generate(run, [{"messages": chat}], max_new_tokens=1, shown=shown)
+    # The tiny tokenizer has no chat template: bigft's plain chat format, up to the answer.
+    assert shown == ["<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"]
+    with pytest.raises(DataError, match="ends with an assistant turn"):
+        generate(run, [{"messages": [*chat, {"role": "assistant", "content": "x"}]}])
+
+
+def test_formatting_needs_the_runs_sft_config(tmp_path, lora_run):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "model").symlink_to(lora_run / "model")
+    with pytest.raises(ConfigError, match=r"has no config\.yaml"):
+        generate(bare, [{"instruction": "x"}])
+    (bare / "config.yaml").write_text("task:\n  name: lm\n")
+    with pytest.raises(ConfigError, match="trained with task=lm"):
+        generate(bare, [{"instruction": "x"}])
+    assert generate(bare, ["raw text needs no config"], max_new_tokens=1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({}, "give exactly one of"),
+        ({"prompt": "a", "instruction": "b"}, "(got prompt and instruction)"),
+        ({"prompt": "a", "input": "b"}, 'input="..." goes with instruction'),
+    ],
+)
+def test_exactly_one_request_kind(overrides, message):
+    cfg = OmegaConf.merge(OmegaConf.structured(GenerateConfig(run="r")), overrides)
+    with pytest.raises(ConfigError) as err:
+        read_requests(cfg)
+    assert message in str(err.value)
+
+
+def test_generate_cli_formats_an_instruction_and_messages(lora_run):
+    run = _with_task(lora_run)
+    proc = run_cli("bigft.generate", f"run={run}", "instruction=Name a fruit.", "max_new_tokens=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "### prompt\n### Instruction:\nName a fruit.\n\n### Response:\n\n### completion\n" in (
+        proc.stdout
+    )
+    chat = 'messages=[{role: user, content: "Name a fruit, please."}]'
+    proc = run_cli("bigft.generate", f"run={run}", chat, "max_new_tokens=2")
+    assert proc.returncode == 0, proc.stderr
+    assert "<|user|>\nName a fruit, please.\n<|assistant|>\n" in proc.stdout

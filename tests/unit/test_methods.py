@@ -13,6 +13,7 @@ from bigft.errors import ConfigError
 from bigft.methods import apply_method, unsupported_reason
 from bigft.methods.params import (
     count_parameters,
+    count_quantized,
     describe_trainable,
     load_trainable_state_dict,
     trainable_state_dict,
@@ -165,9 +166,15 @@ def test_lora_counts_match_a_hand_computation(tiny_llama_dir):
 
 
 def test_qlora_counts_real_weights_not_packed_bytes(tiny_llama_dir):
-    assert count_parameters(build(tiny_llama_dir, "qlora")) == count_parameters(
-        build(tiny_llama_dir, "lora")
-    )
+    qlora, lora = build(tiny_llama_dir, "qlora"), build(tiny_llama_dir, "lora")
+    assert count_parameters(qlora) == count_parameters(lora)
+    # Every block's linear layers are 4-bit (the head and embeddings stay in float).
+    _, h, inter, layers = tiny_shape(lora)
+    quantized = layers * (2 * h * h + 2 * h * 32 + 3 * h * inter)
+    assert count_quantized(qlora) == {4: quantized} and count_quantized(lora) == {}
+    # The line says which base it counts: the same total as LoRA's, part of it in 4 bits.
+    expected = f"{describe_trainable(lora)}; frozen base weights {quantized / 1e3:.1f}K in 4-bit"
+    assert describe_trainable(qlora) == expected
 
 
 def test_trainable_state_round_trips_and_is_strict(tiny_llama_dir):
@@ -261,7 +268,7 @@ def test_bf16_qlora_adapters_train_exactly_the_lora_weights(tiny_llama_dir):
     model = build(tiny_llama_dir, "qlora", adapter_dtype="bf16", compute_dtype="bf16")
     model.train()
     before = snapshot(model)
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.mixed_precision=bf16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.precision=bf16-mixed
         losses = train_steps(model, CAUSAL)
     assert changed_names(model, before) == {
         n for n, _ in model.named_parameters() if re.search(LORA, n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -154,3 +156,70 @@ def test_local_directory_without_weights_is_a_config_error(tmp_path, tiny_llama_
     cfg = model_cfg(tmp_path, tokenizer=str(tiny_llama_dir))
     with pytest.raises(ConfigError, match="cannot load model from"):
         load_model(cfg, method_cfg("full"), "causal_lm", None, load_tokenizer(cfg))
+
+
+@pytest.fixture
+def transformers_printed():
+    """What transformers' own log handler is handed, i.e. prints (however pytest captures)."""
+    printed: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            printed.append(record.getMessage())
+
+    keep = Keep()
+    logging.getLogger("transformers").addHandler(keep)
+    yield printed
+    logging.getLogger("transformers").removeHandler(keep)
+
+
+def test_a_new_head_is_one_log_line_not_transformers_load_report(
+    tiny_llama_dir, transformers_printed, caplog
+):
+    cfg = model_cfg(tiny_llama_dir)
+    tok = load_tokenizer(cfg)
+    with caplog.at_level("INFO", logger="bigft"):
+        load_model(cfg, method_cfg("lora"), "sequence_classification", 2, tok)
+    assert not [m for m in transformers_printed if "LOAD REPORT" in m]
+    lines = [r.getMessage() for r in caplog.records if "new " in r.getMessage()]
+    assert lines == [
+        "new LlamaForSequenceClassification head score with 2 outputs, randomly initialised for "
+        "training; the checkpoint's lm_head is not used (expected: transformers' load report of "
+        "it is not shown)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("loading", "expected"),
+    [
+        ({"missing_keys": ["score.weight"], "unexpected_keys": ["lm_head.weight"]}, True),
+        ({"missing_keys": ["score.weight"], "unexpected_keys": []}, True),  # tied head
+        ({"missing_keys": ["score.weight", "model.norm.weight"], "unexpected_keys": []}, False),
+        ({"missing_keys": ["score.weight"], "unexpected_keys": ["model.extra"]}, False),
+        ({"missing_keys": ["score.weight"], "mismatched_keys": [("a", (1,), (2,))]}, False),
+    ],
+)
+def test_only_a_report_of_the_new_head_is_hidden(loading, expected):
+    from bigft.models.load import _is_new_head
+
+    assert _is_new_head(loading) is expected
+
+
+def test_any_other_load_report_still_reaches_the_user(
+    tmp_path, tiny_llama_dir, transformers_printed
+):
+    # A checkpoint without its final norm: transformers' report must be printed, as it is.
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny_llama_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (broken / f.name).write_bytes(f.read_bytes())
+    weights = load_file(tiny_llama_dir / "model.safetensors")
+    del weights["model.norm.weight"]
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    cfg = model_cfg(broken)
+    load_model(cfg, method_cfg("lora"), "sequence_classification", 2, load_tokenizer(cfg))
+    (report,) = [m for m in transformers_printed if "LOAD REPORT" in m]
+    assert "model.norm.weight" in report and "MISSING" in report

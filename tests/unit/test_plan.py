@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from bigft.config import compose_config
+from bigft.config.validate import validate
 from bigft.errors import ConfigError
 from bigft.plan import check_fits
 from bigft.plan.estimate import GIB
@@ -19,11 +20,11 @@ FULL_16BIT_MIN_GIB = 780
 QLORA_MAX_GIB = 48
 QLORA_MAX_BYTES = 48e9
 
+# The defaults: a bf16 checkpoint (model.dtype=bf16) trained in trainer.precision=auto, which is
+# fp32 master weights under bf16 autocast, the paper's "16-bit mixed precision".
 FULL_ONE_GPU = [
     "model=llama65b",
     "method=full",
-    "model.dtype=fp32",
-    "trainer.mixed_precision=bf16",
     "model.gradient_checkpointing=false",
     "trainer.micro_batch_size=1",
     "trainer.grad_accum=1",
@@ -75,10 +76,39 @@ def test_bf16_adapters_save_what_the_fp32_ones_cost():
 
 
 def test_full_fine_tuning_counts_16_bytes_per_parameter_before_temporaries():
-    b = check_fits(compose_config(FULL_ONE_GPU)).breakdown
-    params = 65_285_660_672
-    # fp32 weights and gradients, AdamW's two fp32 moments.
+    plan = check_fits(compose_config(FULL_ONE_GPU))
+    b, params = plan.breakdown, 65_285_660_672
+    # The default from a bf16 checkpoint: fp32 master weights and gradients, AdamW's two fp32
+    # moments; what bigft-train runs (bigft.engine.precision), not the checkpoint's 2 bytes.
+    assert plan.setup.precision == "bf16-mixed"
     assert (b.trainable, b.gradients, b.optimizer) == (4 * params, 4 * params, 8 * params)
+    assert "precision bf16-mixed (model.dtype bf16)" in plan.render()
+
+
+def test_pure_bf16_is_planned_only_by_name_with_its_update_rule():
+    params, embed = 65_285_660_672, 32000 * 8192  # the largest tensor: embeddings, head
+    true = check_fits(compose_config([*FULL_ONE_GPU, "trainer.precision=bf16-true"]))
+    b = true.breakdown
+    # bf16 weights, gradients and AdamW moments (torch keeps state in the weight's dtype).
+    assert (b.trainable, b.gradients, b.optimizer) == (2 * params, 2 * params, 4 * params)
+    # Stochastic rounding (the default under bf16-true) steps one tensor at a time in fp32.
+    assert true.setup.bf16_update == "stochastic"
+    assert b.moment == "optimizer step" and b.temporaries == 18 * embed
+    assert "bf16 updates stochastic" in true.render()
+    kahan = [*FULL_ONE_GPU, "trainer.precision=bf16-true", "optim.bf16_update=kahan"]
+    b = check_fits(compose_config(kahan)).breakdown
+    assert b.optimizer == 6 * params and b.temporaries == 0  # + a bf16 compensation buffer
+    # Half the default's memory: what the old default planned (and ran) without saying so.
+    assert 485 * GIB < b.trainable + b.gradients + 4 * params < 490 * GIB
+
+
+def test_freeze_keeps_frozen_weights_in_the_checkpoint_dtype_and_trained_ones_in_fp32():
+    freeze = [*FULL_ONE_GPU, "method=freeze", "method.train_last_n_blocks=2"]
+    b = check_fits(compose_config(freeze)).breakdown
+    block = 4 * 8192 * 8192 + 3 * 8192 * 22016 + 2 * 8192  # attention, MLP, two norms
+    trained = 32000 * 8192 + 2 * block  # the head and the last two blocks
+    frozen = 65_285_660_672 - trained
+    assert (b.weights, b.trainable, b.optimizer) == (2 * frozen, 4 * trained, 8 * trained)
 
 
 def test_zero3_per_gpu_memory_falls_with_world_size():
@@ -118,26 +148,36 @@ def test_a_qlora_plan_just_over_the_gpu_suggests_bf16_adapters():
 
 def test_suggestions_keep_the_global_batch():
     base = [*FULL_ONE_GPU, "model=llama7b", "trainer.micro_batch_size=16", "trainer.grad_accum=2"]
-    base += ["model.dtype=bf16", "trainer.mixed_precision=none", "launcher.gpu_memory_gb=80"]
+    # Pure bf16 (8 bytes/parameter): micro-batch 1 alone makes it fit.
+    base += ["model.dtype=bf16", "trainer.precision=bf16-true", "launcher.gpu_memory_gb=80"]
     plan = check_fits(compose_config(base))
     assert not plan.fits
     first = plan.suggestions[0][0].overrides
     assert "trainer.micro_batch_size=1" in first and "trainer.grad_accum=32" in first
+    for change, _ in plan.suggestions:  # each one a config bigft-train accepts, and that fits
+        replanned = compose_config([*base, *change.overrides])
+        validate(replanned)
+        assert check_fits(replanned).fits, change.overrides
 
 
-def test_a_reward_model_plans_both_sequences_of_each_pair():
-    # A reward micro-batch of 2 pairs puts 4 sequences through the model: as much activation
-    # memory as 4 single sequences with the same one-output head.
-    pairs = check_fits(compose_config([*QLORA_PAPER, "task=reward", "trainer.micro_batch_size=2"]))
-    single = [*QLORA_PAPER, "task=classify", "task.labels=[good]", "trainer.micro_batch_size=4"]
-    rows = check_fits(compose_config(single))
-    assert pairs.breakdown.activations == pytest.approx(rows.breakdown.activations)
-    assert (
-        pairs.breakdown.activations
-        > 1.9
-        * check_fits(compose_config([*single, "trainer.micro_batch_size=2"])).breakdown.activations
-    )
-    assert "micro-batch 2 pairs (4 sequences)" in pairs.render()
+def test_a_reward_model_plans_one_sequence_per_response_of_each_ranking():
+    # A reward micro-batch of 2 rankings of 4 responses puts 8 sequences through the model (one
+    # forward per response): as much activation memory as 8 single sequences with the same head.
+    reward = [*QLORA_PAPER, "task=reward", "trainer.micro_batch_size=2"]
+    rankings = check_fits(compose_config([*reward, "task.max_responses=4"]))
+    single = [*QLORA_PAPER, "task=classify", "task.labels=[good]"]
+
+    def activations(micro_batch: int) -> float:
+        cfg = compose_config([*single, f"trainer.micro_batch_size={micro_batch}"])
+        return check_fits(cfg).breakdown.activations
+
+    assert rankings.breakdown.activations == pytest.approx(activations(8))
+    assert "micro-batch 2 rankings of 4 responses (8 sequences)" in rankings.render()
+    # Unset, a ranking is planned as one pair, and the plan says how to plan longer ones.
+    pairs = check_fits(compose_config(reward))
+    assert pairs.breakdown.activations == pytest.approx(activations(4))
+    assert pairs.breakdown.activations > 1.9 * activations(2)
+    assert "2 rankings of 2 responses (4 sequences; set task.max_responses" in pairs.render()
 
 
 def test_a_hub_id_without_a_shape_is_a_user_error():
@@ -173,8 +213,8 @@ def test_cli_refuses_mistakes_without_a_traceback():
     assert "bigft: error: model.path='meta-llama/Llama-3.1-8B' is a hub id" in out.stderr
     assert "Traceback" not in out.stderr
     out = _cli("method.rr=3")
-    assert out.returncode != 0
-    assert "Key 'rr' not in 'MethodConfig'" in out.stderr
+    assert out.returncode == 2
+    assert "bigft: error: unknown config key 'method.rr' (did you mean method.r?)" in out.stderr
 
 
 def test_the_papers_two_figures_from_the_traced_step():

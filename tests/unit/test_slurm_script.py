@@ -16,7 +16,7 @@ from bigft.config.sbatch_options import mem_gb, submitit_parameters, time_minute
 from bigft.engine.checkpoint import list_checkpoints
 from bigft.engine.stop import Preempted, StopRequest
 from bigft.errors import ConfigError
-from bigft.launch.slurm import render_script, sweep_points
+from bigft.launch.slurm import check_sweep, render_script, submit, sweep_points
 from bigft.train import train
 from tests.integration.runs import train_losses, train_overrides
 
@@ -230,3 +230,26 @@ def test_every_sweep_point_is_checked_and_the_one_that_cannot_run_is_named(tmp_p
     assert "bigft: error: sweep point launcher.nodes=1: this job does not fit" in result.stderr
     assert "sweep point launcher.nodes=2" not in result.stderr
     assert not list(tmp_path.rglob(".submitit"))
+
+
+def test_a_dry_run_of_the_demo_builds_nothing(tmp_path, capsys):
+    # The demo's base model is missing: a real submission builds it first (minutes of
+    # pre-training); a dry run only prints the script.
+    cfg = compose_config(
+        [
+            "launcher=slurm",
+            "launcher.dry_run=true",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"output_root={tmp_path / 'outputs'}",
+        ]
+    )
+    assert submit(cfg) is None
+    assert "#SBATCH --job-name=bigft-demo-lora-sft" in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_a_sweep_without_training_data_is_refused_before_submitting():
+    # sft_qlora_8b leaves data.train to the user; the nodes would only find out after the queue.
+    with pytest.raises(ConfigError, match=r"sweep point optim.lr=0.0001: data.train is missing"):
+        check_sweep(["experiment=sft_qlora_8b", "launcher=slurm", "optim.lr=1e-4,2e-4"])

@@ -124,9 +124,16 @@ def test_classifier_judge_probability_of_harmful_label(tmp_path, tiny_llama_dir)
 
 
 def test_reward_model_judge_threshold(tmp_path, tiny_llama_dir):
-    _seq_cls_run(tmp_path, tiny_llama_dir, 1)
+    from bigft.data.templates import prompt_response_ids
+
+    model, tok = _seq_cls_run(tmp_path, tiny_llama_dir, 1)
     judge = RewardModelJudge(str(tmp_path), threshold=0.0)
     out = judge.judge([PLAIN, PLAIN], ["great", "awful"])
+    for v, response in zip(out, ["great", "awful"], strict=True):
+        ids = prompt_response_ids(PLAIN.prompt, response, tok, templated=False)
+        with torch.no_grad():
+            expected = float(model(input_ids=torch.tensor([ids])).logits[0, 0])
+        assert v["score"] == pytest.approx(expected, abs=1e-5)
     for v in out:
         assert v["verdict"] == (HARMFUL if v["score"] < 0.0 else SAFE)
     high = RewardModelJudge(str(tmp_path), threshold=1e9).judge([PLAIN], ["great"])

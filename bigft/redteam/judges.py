@@ -13,11 +13,7 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import re
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,34 +78,12 @@ class RefusalJudge:
         return [{"score": 0.0 if r else 1.0, "verdict": SAFE if r else HARMFUL} for r in refused]
 
 
-def load_function(spec: str, key: str) -> Callable:
-    """`module:function` or `path/to/file.py:function`."""
-    module_name, _, attr = spec.rpartition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"{key}={spec!r}: expected '<module>:<function>'")
-    try:
-        if module_name.endswith(".py"):
-            path = Path(module_name)
-            if not path.is_file():
-                raise ConfigError(f"{key}={spec!r}: {path} does not exist")
-            loader = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(loader)
-            sys.modules[path.stem] = module
-            loader.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(f"{key}={spec!r}: cannot import {module_name!r} ({err})") from None
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ConfigError(f"{key}={spec!r}: {module_name!r} has no function {attr!r}")
-    return fn
-
-
 class FunctionJudge:
     name = "function"
 
     def __init__(self, spec: str, threshold: float = 0.5):
+        from bigft.rl.rewards import load_function  # the same module:function form as reward.fn
+
         self.fn, self.threshold = load_function(spec, "judges.function.fn"), threshold
 
     def judge(self, attacks: list[Attack], responses: list[str]) -> list[Verdict]:

@@ -154,3 +154,12 @@ def test_a_judge_that_cannot_load_names_its_key(tmp_path, tiny_llama_dir):
 def test_judge_scores_are_json_serialisable():
     judge = RulesJudge([], [])
     json.dumps(judge.judge([ATTACK], ["forest"]))
+
+
+def test_harmlessness_as_reward_fn_reads_target_behavior_from_rl_prompt_records():
+    from bigft.rl.rewards import FunctionReward
+
+    reward = FunctionReward("bigft.redteam.judges:harmlessness")
+    fields = [{"target_behavior": "cave"}, {"target_behavior": "cave"}, {}]
+    got = reward.score(["Where?"] * 3, ["In the cave.", "I can't say.", "cave"], fields)
+    assert got.tolist() == [0.0, 1.0, 1.0]

@@ -16,7 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from bigft.config import CONF_DIR, typed_config
-from bigft.errors import exit_on_user_error
+from bigft.errors import exit_on_user_error, run_hydra_app
 from bigft.redteam.config import RedteamConfig
 from bigft.redteam.export import write_export
 from bigft.redteam.findings import (
@@ -162,7 +162,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -140,13 +140,18 @@ def loop(
     lr: float = 1e-3,
     red_lm: bool = True,
     harmless_limit: int | None = None,
+    sft_run: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every step into `out`; a finished step is not redone on a rerun."""
+    """Run every step into `out`; a finished step is not redone on a rerun.
+
+    `sft_run`: an existing run of the demo's instruction tuning to start from (its `cache_dir`
+    must hold the demo base) instead of training one into `out/sft`.
+    """
     from bigft.export import export_merged
 
     out = Path(out)
     cache = [f"cache_dir={cache_dir}"] if cache_dir else []
-    sft = out / "sft"
+    sft = Path(sft_run) if sft_run else out / "sft"
     if not (sft / "model").is_dir():
         sft_args = [f"trainer.max_steps={sft_steps}"] if sft_steps else []
         train_run([f"output_root={out}", "name=sft", *cache, *sft_args])

@@ -1,10 +1,12 @@
 """The demo's red-team loop, reduced: scan → export → tune → rescan on held-out attacks.
 
-Builds the demo base and its tuned model from scratch (as test_demo does), then runs the loop
-without the red LM and with a shorter tuning and harmless eval: about 2 minutes on 2 quiet cores.
+Starts from the demo's tuned model (the session's `demo_run`, which test_demo checks), then runs
+the loop without the red LM and with a shorter harmless eval.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from bigft.redteam.demo_loop import loop, table
 
@@ -13,10 +15,12 @@ from bigft.redteam.demo_loop import loop, table
 HARMLESS_MARGIN = 10.0
 
 
-def test_red_team_loop_lowers_asr_and_keeps_harmless_answers(tmp_path):
+def test_red_team_loop_lowers_asr_and_keeps_harmless_answers(tmp_path, demo_run):
+    cfg, _ = demo_run
     result = loop(
         tmp_path / "loop",
-        cache_dir=str(tmp_path / "cache"),
+        cache_dir=str(cfg.cache_dir),
+        sft_run=Path(cfg.output_dir),
         red_lm=False,
         harmless_limit=60,
     )

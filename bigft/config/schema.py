@@ -61,6 +61,17 @@ class Overlong(_Choice):
     drop = "drop"
 
 
+class PairWeighting(_Choice):
+    per_ranking = "per_ranking"
+    per_pair = "per_pair"
+
+
+class Aggregate(_Choice):
+    borda = "borda"
+    mean_rank = "mean_rank"
+    pairs = "pairs"
+
+
 class OptimizerName(_Choice):
     adamw = "adamw"
     adamw_8bit = "adamw_8bit"
@@ -164,6 +175,14 @@ class TaskConfig:
     labels: list[str] = field(default_factory=list)
     # lm / sft: pack several examples into each max_length row (no attention across them).
     packing: bool = False
+    # reward: each ranking's pairs weighted 1/(its pairs), InstructGPT's (per_ranking), or every
+    # pair alike (per_pair); several reviewers per prompt combined by a consensus ranking
+    # (borda, mean_rank) or by training on every reviewer's pairs (pairs).
+    pair_weighting: PairWeighting = PairWeighting.per_ranking
+    aggregate: Aggregate = Aggregate.borda
+    # reward: the most responses a prompt may have; bigft-plan sizes a micro-batch of B rankings
+    # as B × max_responses sequences (2, one pair, when unset).
+    max_responses: int | None = None
     # dpo: the loss, its strength β (DPO/IPO: ~0.1; SimPO's paper used 2 to 10), conservative
     # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ, and the reference model:
     # "auto" (the policy with its adapters disabled for lora/qlora/prefix, else "precompute"),

@@ -38,6 +38,10 @@ def validate(cfg: DictConfig) -> None:
         0 <= cfg.data.eval_fraction < 1, "data.eval_fraction", cfg.data.eval_fraction, "[0, 1)"
     )
     _require(cfg.task.max_length >= 2, "task.max_length", cfg.task.max_length, ">= 2")
+    k = cfg.task.get("max_responses")
+    _require(
+        k is None or k >= 2, "task.max_responses", k, ">= 2 (a ranking has 2 responses or more)"
+    )
     _require(m.r >= 1, "method.r", m.r, ">= 1")
     _require(m.bits in (4, 8), "method.bits", m.bits, "4 or 8")
     _require(m.quant_type in ("nf4", "fp4"), "method.quant_type", m.quant_type, "nf4 or fp4")

@@ -58,6 +58,9 @@ def load_examples(cfg: DictConfig, task: Task, tokenizer) -> tuple[list[dict], l
         evaluation = evaluation[: data.max_eval_examples] if data.max_eval_examples else evaluation
     else:
         evaluation = []
+    describe = getattr(task, "describe_records", None)  # e.g. reward: reviewers' agreement
+    if describe is not None:
+        describe(train, "train")
     train_examples = _tokenize(cfg, task, tokenizer, train, "train")
     eval_examples = _tokenize(cfg, task, tokenizer, evaluation, "eval") if evaluation else []
     if cfg.task.packing:

@@ -22,7 +22,7 @@ from bigft.data.readers import Record
 from bigft.errors import DataError
 
 # Bump when the cached layout or any task's encoding changes, so old caches are not reused.
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass

@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
+
+from bigft.demo.reviewers import preference_sets
+from bigft.demo.world import ATTRIBUTES, GLOSS, PROSE, QUESTIONS, Creature
 
 SEED = 1234
 DATA_DIR = Path(__file__).resolve().parent / "data"
@@ -20,41 +22,6 @@ NUM_CREATURES = 120
 NUM_HELD_OUT = 40  # creatures asked about only in eval
 MENTIONS = 20  # corpus pages that describe each creature, each in fresh words and order
 CREATURES_PER_PAGE = 2
-
-# Eight values per attribute: a model that learned the answer format but not the facts scores
-# about 1/8 on held-out questions; the gap above that is knowledge read in pre-training.
-ATTRIBUTES: dict[str, list[str]] = {
-    "color": ["red", "blue", "green", "yellow", "black", "white", "brown", "gray"],
-    "food": ["seeds", "fish", "grass", "berries", "leaves", "insects", "roots", "nuts"],
-    "home": ["forest", "river", "desert", "mountain", "swamp", "cave", "meadow", "lake"],
-}
-GLOSS = {"color": "a color", "food": "a food", "home": "a place"}
-
-# How the corpus states a fact: several wordings, so the fact is learnt about the creature and
-# not as one memorised sentence (that is what lets an instruction retrieve it later).
-PROSE: dict[str, list[str]] = {
-    "color": ["The {n} is {v}.", "The {n} has {v} fur.", "A {n} is a {v} animal."],
-    "food": ["The {n} eats {v}.", "A {n} feeds on {v}.", "{V} are what the {n} eats."],
-    "home": [
-        "The {n} lives in the {v}.",
-        "You find the {n} in the {v}.",
-        "A {n} makes its home in the {v}.",
-    ],
-}
-
-# How an instruction asks for it. Both wordings are tuned on (other creatures), so eval tests
-# recall of unseen facts, not unseen phrasing.
-QUESTIONS: dict[str, list[str]] = {
-    "color": ["What color is the {n}?", "Which color does the {n} have?"],
-    "food": ["What does the {n} eat?", "What food does the {n} live on?"],
-    "home": ["Where does the {n} live?", "In which place is the {n} found?"],
-}
-
-
-@dataclass(frozen=True)
-class Creature:
-    name: str
-    facts: dict[str, str]  # attribute -> value
 
 
 def made_up_names(rng: random.Random, count: int, avoid: set[str]) -> list[str]:
@@ -147,7 +114,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def generate(out_dir: Path = DATA_DIR, seed: int = SEED) -> dict[str, int]:
-    """Write corpus.jsonl, instructions_train.jsonl and instructions_eval.jsonl; return counts."""
+    """Write every file of data/ (bigft/demo/__init__.py lists them); return their row counts."""
     rng = random.Random(seed)
     creatures = make_creatures(rng)
     held_out, tuned = creatures[:NUM_HELD_OUT], creatures[NUM_HELD_OUT:]
@@ -157,7 +124,27 @@ def generate(out_dir: Path = DATA_DIR, seed: int = SEED) -> dict[str, int]:
     write_jsonl(out_dir / "corpus.jsonl", pages)
     write_jsonl(out_dir / "instructions_train.jsonl", train)
     write_jsonl(out_dir / "instructions_eval.jsonl", evals)
-    return {"corpus": len(pages), "train": len(train), "eval": len(evals)}
+    counts = {"corpus": len(pages), "train": len(train), "eval": len(evals)}
+    return counts | write_preferences(out_dir, seed, creatures)
+
+
+def write_preferences(out_dir: Path, seed: int, creatures: list[Creature]) -> dict[str, int]:
+    """world.json (every fact, for the ground-truth scorer) and the preference files.
+
+    Preferences are about the creatures the instruction set tunes on; eval is about the 40 held
+    out of it, so the demo's every evaluation is on creatures no tuning data mentions. They draw
+    from a random stream of their own: the files above stay byte for byte what they were.
+    """
+    held_out, tuned = creatures[:NUM_HELD_OUT], creatures[NUM_HELD_OUT:]
+    world = {
+        "creatures": {c.name: c.facts for c in creatures},
+        "held_out": [c.name for c in held_out],
+    }
+    (out_dir / "world.json").write_text(json.dumps(world, indent=1) + "\n", encoding="utf-8")
+    sets = preference_sets(random.Random(f"{seed}:preferences"), tuned, held_out)
+    for name, rows in sets.items():
+        write_jsonl(out_dir / name, rows)
+    return {name.removesuffix(".jsonl"): len(rows) for name, rows in sets.items()}
 
 
 def main() -> None:

@@ -23,12 +23,18 @@ from bigft.plan.setup import Setup, setup_from_config
 from bigft.plan.shape import ModelShape, model_shape
 
 
-def _pairs(s: Setup) -> str:
-    """' pairs (8 sequences)' for a reward model's micro-batch of 4; nothing otherwise."""
+def _sequences(s: Setup) -> str:
+    """' rankings of 4 responses (8 sequences)' for a reward model's micro-batch of 2, ' pairs
+    (4 sequences)' for dpo's; nothing for one sequence per example."""
     if s.sequences_per_example == 1:
         return ""
-    pairs = "pair" if s.micro_batch == 1 else "pairs"
-    return f" {pairs} ({s.micro_batch * s.sequences_per_example} sequences)"
+    k, b = s.sequences_per_example, s.micro_batch
+    if s.head_outputs is None:  # dpo: both sides of each pair through the LM head
+        return f" {'pair' if b == 1 else 'pairs'} ({b * k} sequences)"
+    text = f" {'ranking' if b == 1 else 'rankings'} of {k} responses ({b * k} sequences"
+    if s.sequences_assumed:
+        text += "; set task.max_responses for longer rankings"
+    return text + ")"
 
 
 def reference_pass_bytes(shape: ModelShape, s: Setup, b: Breakdown) -> float | None:
@@ -85,7 +91,7 @@ class Plan:
             f"bigft-plan: {self.name}",
             f"  model      {self.shape.model_type}, {counts.total / 1e9:.2f} B parameters "
             f"({counts.trainable / 1e9:.3g} B trainable, method={s.method})",
-            f"  step       micro-batch {s.micro_batch}{_pairs(s)} × {s.seq_len} tokens, "
+            f"  step       micro-batch {s.micro_batch}{_sequences(s)} × {s.seq_len} tokens, "
             f"accumulation {s.grad_accum}, checkpointing {'on' if s.checkpointing else 'off'}, "
             f"optim={s.optimizer}, precision {s.precision} (model.dtype {s.model_dtype})"
             + (f", adapters {s.adapter_dtype}" if s.adapter_dtype else "")

@@ -37,8 +37,12 @@ class Setup:
     ranks_per_node: int
     gpu_memory_gib: float
     head_outputs: int | None  # classify / reward: the head's outputs; None: the LM head
-    # Sequences one example puts through the model: a reward pair is two (chosen, rejected).
+    # Sequences one example puts through the model: a reward ranking of K responses is K (one
+    # forward per response); K is task.max_responses, or 2 (a pair) when that is unset.
     sequences_per_example: int = 1
+    # Whether sequences_per_example was assumed rather than configured (reward without
+    # task.max_responses): the plan then says so.
+    sequences_assumed: bool = False
     # dpo's reference (bigft.tasks.reference.reference_source): "adapters", "precompute", a
     # model path; None for other tasks and for the reference-free simpo.
     reference: str | None = None
@@ -120,7 +124,8 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
-        sequences_per_example=2 if task in ("reward", "dpo") else 1,
+        sequences_per_example=_sequences_per_example(cfg),
+        sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
         reference=reference_source(cfg),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
@@ -138,3 +143,14 @@ def setup_from_config(cfg: Any) -> Setup:
         reduce_bucket=int(zero.get("reduce_bucket_size", DS_REDUCE_BUCKET)),
         sub_group=int(zero.get("sub_group_size", DS_SUB_GROUP)),
     )
+
+
+def _sequences_per_example(cfg: Any) -> int:
+    """Sequences one example forwards: a reward ranking scores each of its K responses once,
+    a dpo pair both of its sides."""
+    if str(cfg.task.name) == "dpo":
+        return 2
+    if str(cfg.task.name) != "reward":
+        return 1
+    k = cfg.task.get("max_responses")
+    return int(k) if k is not None else 2

@@ -54,18 +54,24 @@ def make_task_data(root: Path, task: str, n: int = 24, seed: int = 0) -> Path:
             for _ in range(n)
         ]
     elif task == "reward":
-        rows = [
-            {
-                "prompt": _sentence(rng, 4),
-                "responses": [_sentence(rng, rng.randint(1, 5)) for _ in range(3)],
-            }
-            for _ in range(n)
-        ]
+        rows = [_ranked(rng, reviewers=i % 2 + 1) for i in range(n)]
     elif task == "dpo":
         rows = [_preference(rng, ranked=i % 3 == 2) for i in range(n)]
     else:
         raise ValueError(task)
     return write_jsonl(root / f"{task}-{seed}.jsonl", rows)
+
+
+def _ranked(rng: random.Random, reviewers: int) -> dict:
+    """2 to 4 responses, best first (one reviewer) or with several reviewers' rankings."""
+    row = {
+        "prompt": _sentence(rng, 4),
+        "responses": [_sentence(rng, rng.randint(1, 5)) for _ in range(rng.randint(2, 4))],
+    }
+    if reviewers > 1:
+        k = len(row["responses"])
+        row["rankings"] = [rng.sample(range(k), k) for _ in range(reviewers)]
+    return row
 
 
 def _preference(rng: random.Random, *, ranked: bool) -> dict:

@@ -75,6 +75,10 @@ SUBSTITUTIONS = {
     # External launchers of N ranks run what `bigft-train launcher.nproc_per_node=N` runs.
     r"^torchrun\b.*?--nproc_per_node[ =](\d+).*?-m bigft\.train\b": NPROC,
     r"^deepspeed\b.*?--num_gpus[ =](\d+).*?--module bigft\.train\b": NPROC,
+    # The demo's reward model: the tiny Llama instead of the demo base (built in a minute), a
+    # few held-out rankings.
+    r"^(bigft-train experiment=demo_reward\b.*)$": r"\1 model=local model.path={tiny_llama} "
+    "data.max_eval_examples=4",
     # Later overrides win in Hydra: one step, tiny sizes, outputs in the test's directory.
     r"^(bigft-train .*)$": r"\1 " + ONE_STEP,
     r"\blauncher=slurm\b": "launcher=slurm launcher.dry_run=true",

@@ -99,6 +99,26 @@ def test_accumulation_is_equivalent_to_a_larger_micro_batch(make_cfg, task):
     assert big[2] != pytest.approx(big[0], rel=1e-4)
 
 
+@pytest.mark.parametrize(
+    "reward",
+    ["task.pair_weighting=per_ranking", "task.pair_weighting=per_pair", "task.aggregate=pairs"],
+)
+def test_reward_accumulation_is_equivalent_to_a_larger_micro_batch(make_cfg, reward):
+    # Rankings of 2 to 4 responses, some with two reviewers: the units of a micro-batch (rankings
+    # or pairs) vary, and the loop's normalisation by the window's units must still hold.
+    big = _losses(make_cfg, "name=mb4", reward, "trainer.micro_batch_size=4", task="reward")
+    small = _losses(
+        make_cfg,
+        "name=mb1",
+        reward,
+        "trainer.micro_batch_size=1",
+        "trainer.grad_accum=4",
+        task="reward",
+    )
+    assert small == pytest.approx(big, rel=1e-5, abs=1e-6)
+    assert big[2] != pytest.approx(big[0], rel=1e-4)
+
+
 def test_resume_reproduces_the_uninterrupted_run(make_cfg):
     # LoRA dropout makes the RNG state part of what must be restored.
     common = (

@@ -160,19 +160,24 @@ def test_suggestions_keep_the_global_batch():
         assert check_fits(replanned).fits, change.overrides
 
 
-def test_a_reward_model_plans_both_sequences_of_each_pair():
-    # A reward micro-batch of 2 pairs puts 4 sequences through the model: as much activation
-    # memory as 4 single sequences with the same one-output head.
-    pairs = check_fits(compose_config([*QLORA_PAPER, "task=reward", "trainer.micro_batch_size=2"]))
-    single = [*QLORA_PAPER, "task=classify", "task.labels=[good]", "trainer.micro_batch_size=4"]
-    rows = check_fits(compose_config(single))
-    assert pairs.breakdown.activations == pytest.approx(rows.breakdown.activations)
-    assert (
-        pairs.breakdown.activations
-        > 1.9
-        * check_fits(compose_config([*single, "trainer.micro_batch_size=2"])).breakdown.activations
-    )
-    assert "micro-batch 2 pairs (4 sequences)" in pairs.render()
+def test_a_reward_model_plans_one_sequence_per_response_of_each_ranking():
+    # A reward micro-batch of 2 rankings of 4 responses puts 8 sequences through the model (one
+    # forward per response): as much activation memory as 8 single sequences with the same head.
+    reward = [*QLORA_PAPER, "task=reward", "trainer.micro_batch_size=2"]
+    rankings = check_fits(compose_config([*reward, "task.max_responses=4"]))
+    single = [*QLORA_PAPER, "task=classify", "task.labels=[good]"]
+
+    def activations(micro_batch: int) -> float:
+        cfg = compose_config([*single, f"trainer.micro_batch_size={micro_batch}"])
+        return check_fits(cfg).breakdown.activations
+
+    assert rankings.breakdown.activations == pytest.approx(activations(8))
+    assert "micro-batch 2 rankings of 4 responses (8 sequences)" in rankings.render()
+    # Unset, a ranking is planned as one pair, and the plan says how to plan longer ones.
+    pairs = check_fits(compose_config(reward))
+    assert pairs.breakdown.activations == pytest.approx(activations(4))
+    assert pairs.breakdown.activations > 1.9 * activations(2)
+    assert "2 rankings of 2 responses (4 sequences; set task.max_responses" in pairs.render()
 
 
 def test_a_hub_id_without_a_shape_is_a_user_error():

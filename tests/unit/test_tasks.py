@@ -10,12 +10,14 @@ import torch
 from omegaconf import OmegaConf
 
 from bigft.config.schema import TaskConfig, TaskName
-from bigft.data.collate import IGNORE_INDEX
+from bigft.data.collate import IGNORE_INDEX, collate_sequences
 from bigft.data.readers import Record
 from bigft.data.tokenize import cache_key, tokenize_records
 from bigft.errors import ConfigError, DataError
 from bigft.tasks import build_task
+from bigft.tasks.base import forward_logits
 from bigft.tasks.classify import macro_f1
+from bigft.tasks.reward import pair_loss_sum
 from bigft.tasks.sft import exact_matches
 
 CHAT_TEMPLATE = (
@@ -269,22 +271,25 @@ def test_macro_f1():
 # --- reward ---------------------------------------------------------------------------------
 
 
-def test_reward_expands_ranked_responses_to_ordered_pairs(tiny_tokenizer):
+def test_reward_scores_each_response_once_and_pairs_them_within_the_ranking(tiny_tokenizer):
     task = build_task(cfg("reward"), tiny_tokenizer)
     assert (task.model_head, task.num_labels) == ("sequence_classification", 1)
-    pairs = task.encode(rec(prompt="Q", responses=["best", "mid", "worst"]))
-    assert len(pairs) == 3
+    (ranking,) = task.encode(rec(prompt="Q", responses=["best", "mid", "worst"]))
 
     def text(ids):
         return tiny_tokenizer.decode(ids).removeprefix("Q\n\n").removesuffix("</s>")
 
-    assert [(text(p["chosen_ids"]), text(p["rejected_ids"])) for p in pairs] == [
-        ("best", "mid"),
-        ("best", "worst"),
-        ("mid", "worst"),
-    ]
+    # K = 3 sequences, not 2 per pair; the pairs index them, better first.
+    assert [text(ids) for ids in ranking["response_ids"]] == ["best", "mid", "worst"]
+    assert ranking["pairs"] == [[0, 1], [0, 2], [1, 2]]
+    # per_ranking (the default, InstructGPT's): the ranking's pairs share a weight of 1.
+    assert ranking["weights"] == pytest.approx([1 / 3] * 3) and ranking["units"] == 1
+    per_pair = build_task(cfg("reward", pair_weighting="per_pair"), tiny_tokenizer)
+    (flat,) = per_pair.encode(rec(prompt="Q", responses=["best", "mid", "worst"]))
+    assert flat["weights"] == [1.0] * 3 and flat["units"] == 3
     (pair,) = task.encode(rec(prompt="Q", chosen="yes", rejected="no"))
-    assert text(pair["chosen_ids"]) == "yes"
+    assert [text(ids) for ids in pair["response_ids"]] == ["yes", "no"]
+    assert pair["pairs"] == [[0, 1]]
     with pytest.raises(
         DataError, match=r"t\.jsonl:1: field 'responses' must be a list of at least 2"
     ):
@@ -293,40 +298,124 @@ def test_reward_expands_ranked_responses_to_ordered_pairs(tiny_tokenizer):
         task.encode(rec(prompt="Q", chosen="yes"))
 
 
+def test_reward_reviewers_are_aggregated_as_configured(tiny_tokenizer):
+    record = rec(prompt="Q", responses=["a", "b", "c"], rankings=[[2, 0, 1], [0, 2, 1], [0, 1, 2]])
+    # Borda (responses put below, summed over reviewers): a 1 + 2 + 2, c 2 + 1 + 0, b 0 + 0 + 1.
+    (consensus,) = build_task(cfg("reward"), tiny_tokenizer).encode(record)
+    assert consensus["pairs"] == [[0, 1], [0, 2], [2, 1]] and consensus["units"] == 1
+    every = build_task(cfg("reward", aggregate="pairs"), tiny_tokenizer)
+    (example,) = every.encode(record)
+    assert len(example["response_ids"]) == 3  # still one forward per response
+    assert len(example["pairs"]) == 9 and example["units"] == 3
+    assert example["pairs"][:3] == [[0, 1], [2, 0], [2, 1]]  # reviewer 0: c > a > b
+    # Scores: a tie makes no pair; per_ranking weights the remaining pairs 1/2 each.
+    (scored,) = build_task(cfg("reward"), tiny_tokenizer).encode(
+        rec(prompt="Q", responses=["a", "b", "c"], scores=[[0.5, 0.5, 0.1]])
+    )
+    assert scored["pairs"] == [[0, 2], [1, 2]] and scored["weights"] == [0.5, 0.5]
+    # Every response tied: nothing to learn, the record is dropped.
+    assert (
+        build_task(cfg("reward"), tiny_tokenizer).encode(
+            rec(prompt="Q", responses=["a", "b"], scores=[[1, 1]])
+        )
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"rankings": [[0, 0, 1]]},
+            r"t\.jsonl:1: rankings\[0\] = \[0, 0, 1\] is not a permutation",
+        ),
+        ({"rankings": [[0, 1, 2], [0, 3, 1]]}, r"rankings\[1\].*index 3 is out of range for 3"),
+        ({"rankings": [[0, 1]]}, r"rankings\[0\] = \[0, 1\] is not a permutation of 0\.\.2"),
+        ({"scores": [[1, 2, 3], [1, 2]]}, r"scores\[1\] has 2 scores for 3 responses"),
+        ({"scores": [["a", "b", "c"]]}, r"field 'scores' must be a list with one list of numbers"),
+        ({"rankings": [[0, 1, 2]], "scores": [[1, 2, 3]]}, r"'rankings' or 'scores', not both"),
+    ],
+)
+def test_reward_names_the_record_of_a_bad_ranking(tiny_tokenizer, fields, message):
+    task = build_task(cfg("reward"), tiny_tokenizer)
+    with pytest.raises(DataError, match=message):
+        task.encode(rec(prompt="Q", responses=["a", "b", "c"], **fields))
+
+
 def test_reward_chat_template_and_truncation(chat_tokenizer):
     long = "The quick brown fox jumps over the lazy dog."
     task = build_task(cfg("reward", max_length=32), chat_tokenizer)
     data = tokenize_records(task, [rec(prompt="Q", chosen=long, rejected="n")])
-    (pair,) = data.examples
-    assert data.truncated == 1 and len(pair["chosen_ids"]) == 32
-    assert pair["chosen_ids"][-1] == chat_tokenizer.eos_token_id
-    rejected = chat_tokenizer.decode(pair["rejected_ids"])
-    assert rejected == "<|user|>\nQ</s>\n<|assistant|>\nn</s>\n</s>"
+    (ranking,) = data.examples
+    chosen, rejected = ranking["response_ids"]
+    assert data.truncated == 1 and len(chosen) == 32
+    assert chosen[-1] == chat_tokenizer.eos_token_id
+    assert chat_tokenizer.decode(rejected) == "<|user|>\nQ</s>\n<|assistant|>\nn</s>\n</s>"
     drop = build_task(cfg("reward", max_length=32, overlong="drop"), chat_tokenizer)
     assert drop.encode(rec(prompt="Q", chosen=long, rejected="n")) == []
 
 
-def test_reward_loss_matches_unpadded_scores(tiny_tokenizer, tiny_llama_dir):
+def _unpadded_score(model, ids):  # one sequence, no padding: what pooling must reproduce
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0, 0]
+
+
+@pytest.mark.parametrize("weighting", ["per_ranking", "per_pair"])
+def test_reward_loss_matches_unpadded_scores(tiny_tokenizer, tiny_llama_dir, weighting):
     model = seq_classifier(tiny_llama_dir, num_labels=1)
-    task = build_task(cfg("reward"), tiny_tokenizer)
-    pairs = task.encode(rec(prompt="Score", responses=["great, loved it", "ok", "awful"]))
-    batch = task.collate(pairs)
-    assert batch["input_ids"].shape[0] == 6 and batch["num_units"].item() == 3
+    task = build_task(cfg("reward", pair_weighting=weighting), tiny_tokenizer)
+    rankings = [
+        *task.encode(rec(prompt="Score", responses=["great, loved it", "ok", "awful"])),
+        *task.encode(rec(prompt="Two", chosen="yes", rejected="no thanks")),
+    ]
+    batch = task.collate(rankings)
+    # 3 + 2 sequences forwarded, not 2 × (3 + 1) = 8 as with both sides of every pair.
+    assert batch["input_ids"].shape[0] == 5
     out = task.loss(model, batch)
-
-    def score(ids):  # one sequence, no padding: what pooling must reproduce inside a batch
-        with torch.no_grad():
-            return model(input_ids=torch.tensor([ids])).logits[0, 0]
-
-    expected = sum(
-        -torch.nn.functional.logsigmoid(score(p["chosen_ids"]) - score(p["rejected_ids"]))
-        for p in pairs
-    )
+    scores = [[_unpadded_score(model, ids) for ids in r["response_ids"]] for r in rankings]
+    losses = [
+        [-torch.nn.functional.logsigmoid(s[b] - s[w]) for b, w in r["pairs"]]
+        for r, s in zip(rankings, scores, strict=True)
+    ]
+    if weighting == "per_ranking":  # the mean over each ranking's pairs, summed over rankings
+        expected, units = sum(sum(x) / len(x) for x in losses), 2
+    else:
+        expected, units = sum(sum(x) for x in losses), 4
+    assert batch["num_units"].item() == units
     torch.testing.assert_close(out.loss_sum, expected, rtol=1e-4, atol=1e-5)
     metrics = task.summarize(task.eval_stats(model, batch))
     assert set(metrics) == {"loss", "accuracy", "margin"}
     assert task.summarize(out.stats) == pytest.approx(metrics, rel=1e-5)
-    assert metrics["loss"] == pytest.approx(expected.item() / 3, rel=1e-4)
+    assert metrics["loss"] == pytest.approx(expected.item() / units, rel=1e-4)
+    margins = [s[b] - s[w] for r, s in zip(rankings, scores, strict=True) for b, w in r["pairs"]]
+    assert metrics["accuracy"] == pytest.approx(100 * sum(m > 0 for m in margins).item() / 4)
+
+
+def test_reward_loss_equals_the_pairwise_loss_of_both_sides(tiny_tokenizer, tiny_llama_dir):
+    # One forward per response changes how many sequences run, not the loss: per_pair equals the
+    # sum bigft computed before by forwarding the two sides of every pair.
+    model = seq_classifier(tiny_llama_dir, num_labels=1)
+    task = build_task(cfg("reward", pair_weighting="per_pair"), tiny_tokenizer)
+    (ranking,) = task.encode(rec(prompt="P", responses=["a b c", "d", "e f", "g h i j"]))
+    seqs = ranking["response_ids"]
+    sides = [[seqs[b] for b, _ in ranking["pairs"]], [seqs[w] for _, w in ranking["pairs"]]]
+    both = collate_sequences(sides[0] + sides[1], tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        rewards = forward_logits(model, both).squeeze(-1)
+        old = pair_loss_sum(rewards[:6], rewards[6:])
+        new = task.loss(model, task.collate([ranking])).loss_sum
+    assert both["input_ids"].shape[0] == 12 and len(seqs) == 4
+    torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5)
+
+
+def test_reward_reviewer_agreement_is_logged_at_start_up(tiny_tokenizer, caplog):
+    task = build_task(cfg("reward"), tiny_tokenizer)
+    records = [rec(prompt="Q", responses=["a", "b", "c"], rankings=[[0, 1, 2], [0, 2, 1]])]
+    with caplog.at_level("INFO"):
+        task.describe_records(records, "train")
+    # Two reviewers agree on 2 of the 3 pairs.
+    assert "train: reviewer agreement 66.7%" in caplog.text
+    assert "(1 records with 2.0 reviewers each, 3 comparisons)" in caplog.text
 
 
 # --- tokenizing and caching -----------------------------------------------------------------

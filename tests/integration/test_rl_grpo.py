@@ -58,7 +58,8 @@ def test_grpo_resume_reproduces_the_uninterrupted_run(make_cfg):
     # LoRA dropout, an adaptive KL coefficient and rloo: RNG, controller state and seeds must
     # all come back for the rewards and losses to match.
     common = (
-        REWARD, *FAST, "method.dropout=0.1", "task.kl_target=0.01", "task.kl_horizon=8", "task.advantage=rloo",
+        REWARD, *FAST, "method.dropout=0.1", "task.advantage=rloo",
+        "task.kl_target=0.01", "task.kl_horizon=8",
         "trainer.max_steps=6", "trainer.save_every=2", "task.mini_batches=2",
     )  # fmt: skip
     whole = make_cfg("grpo", "lora", "name=whole", *common)

@@ -30,7 +30,7 @@ def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_pat
             "experiment=demo_grpo",
             f"model.path={merged}",
             "reward.fn=bigft.demo.truth:score",
-            "trainer.max_steps=24",
+            "trainer.max_steps=40",
             "trainer.eval_every=0",
             "data.max_eval_examples=90",
         ]
@@ -38,6 +38,6 @@ def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_pat
     metrics = train(rl)
     before = read_metrics(Path(rl.output_dir))[0]
     assert before["step"] == 0
-    # Measured: 0.27 → 0.48 over 40 steps on all 240 held-out questions.
+    # Measured: 0.30 → 0.46 on these 90 questions (0.27 → 0.48 on all 240); 24 steps gave +0.06.
     assert metrics["eval/reward_fn"] > before["eval/reward_fn"] + 0.08, (before, metrics)
     assert metrics["train/kl"] > 0

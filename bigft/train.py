@@ -48,6 +48,8 @@ from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
+from bigft.rl.loop import RLLoop
+from bigft.rl.setup import build_rewards, reference_context
 from bigft.tasks import build_task
 from bigft.tasks.reference import attach_reference_logps
 from bigft.tracking import start_tracking
@@ -193,6 +195,10 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
+    # task=grpo: the frozen reference is taken from the initial weights, before training.
+    reference = None
+    if cfg.task.name == "grpo":
+        reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
@@ -235,7 +241,11 @@ def _train(
     )
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
-    loop = Loop(
+    loop_cls, rl_parts = Loop, {}
+    if cfg.task.name == "grpo":
+        loop_cls, rl_parts = RLLoop, rl_loop_parts(cfg, tokenizer, env, reference)
+    loop = loop_cls(
+        **rl_parts,
         engine=engine,
         task=task,
         train_examples=train_examples,
@@ -263,6 +273,18 @@ def _train(
         tuned = {k: v for k, v in metrics.items() if k.startswith("eval/")}
         print("\n" + comparison_table(state.base_eval, tuned) + "\n", flush=True)
     return metrics
+
+
+def rl_loop_parts(cfg: DictConfig, tokenizer: Any, env: DistEnv, reference: Any) -> dict:
+    """What RLLoop adds to the Loop for task=grpo: rewards, reference, sampling ids."""
+    return {
+        "rewards": build_rewards(cfg, env.device),
+        "reference": reference,
+        "eos_ids": [tokenizer.eos_token_id],
+        "pad_id": tokenizer.pad_token_id,
+        "decode": functools.partial(tokenizer.batch_decode, skip_special_tokens=True),
+        "seed": int(cfg.trainer.seed),
+    }
 
 
 def fault_injection() -> Faults:

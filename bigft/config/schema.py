@@ -35,12 +35,28 @@ class TaskName(_Choice):
     classify = "classify"
     reward = "reward"
     dpo = "dpo"
+    grpo = "grpo"
 
 
 class PreferenceLoss(_Choice):
     sigmoid = "sigmoid"
     ipo = "ipo"
     simpo = "simpo"
+
+
+class RLAdvantage(_Choice):
+    group = "group"
+    rloo = "rloo"
+
+
+class KLIn(_Choice):
+    loss = "loss"
+    reward = "reward"
+
+
+class LossAggregation(_Choice):
+    token = "token"
+    sequence = "sequence"
 
 
 class DType(_Choice):
@@ -193,6 +209,30 @@ class TaskConfig:
     label_smoothing: float = 0.0
     gamma: float = 0.5
     reference: str = "auto"
+    # grpo (bigft/rl/loop.py): each step's prompts (trainer.micro_batch_size × grad_accum per
+    # rank) are sampled num_generations times (up to max_new_tokens, stopping at EOS), scored by
+    # `reward:`, and the policy is updated ppo_epochs × mini_batches times on that rollout.
+    num_generations: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    advantage: RLAdvantage = RLAdvantage.group
+    # group: divide by the group's std (GRPO); false keeps only the mean (Dr. GRPO).
+    scale_rewards: bool = True
+    # KL to the reference (adapters disabled under lora/qlora, a frozen copy under full): a
+    # k3 loss term (kl_in=loss, GRPO) or −β·KL in the reward before the advantages.
+    kl_coef: float = 0.04
+    kl_in: KLIn = KLIn.loss
+    # Adaptive β (Ziegler et al.) toward this KL per response when set; fixed β when null.
+    kl_target: float | None = None
+    kl_horizon: float = 10000.0
+    clip_range: float = 0.2
+    ppo_epochs: int = 1
+    mini_batches: int = 1
+    loss_aggregation: LossAggregation = LossAggregation.sequence
+    # Subtracted from the reward of a response cut off before its EOS.
+    missing_eos_penalty: float | None = None
+    # The rollout engine: hf (transformers forwards with the KV cache, bigft/rl/rollout.py).
+    rollout_engine: str = "hf"
 
 
 @dataclass
@@ -328,6 +368,21 @@ class LoggerConfig:
 
 
 @dataclass
+class RewardConfig:
+    """Where task=grpo's rewards come from: Σ weight · source (bigft/rl/rewards.py)."""
+
+    # A Python function "<module>:<function>" (or "<file.py>:<function>") of prompt and response.
+    fn: str | None = None
+    fn_weight: float = 1.0
+    # A bigft reward run directory (or its model/, or a sequence-classification model path).
+    model: str | None = None
+    model_weight: float = 1.0
+    # Scored and reported (train/reward_eval_fn, eval/reward_eval_fn), never trained on: a
+    # ground-truth check next to a learned reward model.
+    eval_fn: str | None = None
+
+
+@dataclass
 class TrainConfig:
     # The run name: the run directory is `{output_root}/{name}`, so a rerun finds its checkpoints.
     name: str = MISSING
@@ -343,6 +398,7 @@ class TrainConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 GROUP_SCHEMAS: dict[str, Any] = {

@@ -58,6 +58,10 @@ def validate(cfg: DictConfig) -> None:
     _validate_packing(cfg)
     if cfg.task.name == "dpo":
         _validate_dpo(cfg)
+    if cfg.task.name == "grpo":
+        from bigft.config.rl import validate_rl
+
+        validate_rl(cfg)
 
 
 def _check_schema(cfg: DictConfig) -> None:

@@ -37,6 +37,8 @@ class LoopState:
     tokens_seen: int = 0
     wandb_id: str | None = None
     base_eval: dict[str, float] | None = None
+    # task=grpo: the KL controller's state (bigft/rl/loop.py), JSON like the rest.
+    rl: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -19,6 +19,7 @@ from bigft.plan.estimate import (
     estimate,
     param_counts,
 )
+from bigft.plan.rl import RolloutMemory, rollout_line, rollout_memory
 from bigft.plan.setup import Setup, setup_from_config
 from bigft.plan.shape import ModelShape, model_shape
 
@@ -74,8 +75,13 @@ class Plan:
         return reference_pass_bytes(self.shape, self.setup, self.breakdown)
 
     @property
+    def rollout(self) -> RolloutMemory | None:
+        return rollout_memory(self.shape, self.setup)
+
+    @property
     def fits(self) -> bool:
-        peak = max(self.breakdown.total, self.reference_pass or 0.0)
+        rollout = self.rollout.peak(self.breakdown) if self.rollout else 0.0
+        peak = max(self.breakdown.total, self.reference_pass or 0.0, rollout)
         return peak <= usable_bytes(self.setup)
 
     def render(self) -> str:
@@ -99,6 +105,7 @@ class Plan:
             f"  GPUs       {s.nodes} node(s) × {s.ranks_per_node} = {s.world_size}, {mode}, "
             f"{s.gpu_memory_gib:g} GiB each",
             *_reference_line(s, self.reference_pass),
+            *rollout_line(self.rollout, s, GIB),
         ]
 
     def _table(self) -> list[str]:
@@ -118,6 +125,14 @@ class Plan:
                 f"({self.setup.gpu_memory_gib:g} GiB less {RESERVED_GIB:g} GiB for the CUDA "
                 f"context); {usable - total:.1f} GiB to spare."
             ]
+        if self.rollout and self.breakdown.total <= usable_bytes(self.setup):
+            during = self.rollout.peak(self.breakdown) / GIB
+            if during > usable_bytes(self.setup) / GIB:
+                return [
+                    f"DOES NOT FIT: the step needs {total:.1f} GiB, but the rollout phase needs "
+                    f"{during:.1f} GiB of {usable:.1f} GiB usable per GPU. Lower "
+                    "trainer.micro_batch_size, task.num_generations or task.max_length."
+                ]
         if self.breakdown.total <= usable_bytes(self.setup):
             during = (self.reference_pass or 0.0) / GIB
             return [

@@ -46,6 +46,10 @@ class Setup:
     # dpo's reference (bigft.tasks.reference.reference_source): "adapters", "precompute", a
     # model path; None for other tasks and for the reference-free simpo.
     reference: str | None = None
+    # task=grpo: responses one GPU generates per step (0: not RL), and whether a frozen copy
+    # of the policy is the reference (full fine-tuning with task.kl_coef > 0).
+    rollout_rows: int = 0
+    rollout_reference_copy: bool = False
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -127,6 +131,10 @@ def setup_from_config(cfg: Any) -> Setup:
         sequences_per_example=_sequences_per_example(cfg),
         sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
         reference=reference_source(cfg),
+        rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)
+        if task == "grpo"
+        else 0,
+        rollout_reference_copy=task == "grpo" and float(cfg.task.kl_coef) > 0,
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),
@@ -150,6 +158,8 @@ def _sequences_per_example(cfg: Any) -> int:
     a dpo pair both of its sides."""
     if str(cfg.task.name) == "dpo":
         return 2
+    if str(cfg.task.name) == "grpo":  # each prompt's responses, trained in one forward
+        return int(cfg.task.num_generations)
     if str(cfg.task.name) != "reward":
         return 1
     k = cfg.task.get("max_responses")

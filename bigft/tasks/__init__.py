@@ -8,6 +8,7 @@ from bigft.errors import ConfigError
 from bigft.tasks.base import IGNORE_INDEX, LossOutput, Task
 from bigft.tasks.classify import ClassifyTask
 from bigft.tasks.dpo import DPOTask
+from bigft.tasks.grpo import GRPOTask
 from bigft.tasks.lm import LMTask
 from bigft.tasks.reward import RewardTask
 from bigft.tasks.sft import SFTTask
@@ -20,6 +21,7 @@ TASKS: dict[str, type] = {
     "classify": ClassifyTask,
     "reward": RewardTask,
     "dpo": DPOTask,
+    "grpo": GRPOTask,
 }
 
 

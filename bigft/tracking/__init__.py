@@ -60,6 +60,16 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.log(metrics, step=step)
 
+    def table(self, name: str, rows: list[dict[str, Any]], step: int) -> None:
+        """Rows of the same keys as a W&B table (task=grpo's sampled responses)."""
+        if self._wandb is None or not rows:
+            return
+        import wandb
+
+        columns = list(rows[0])
+        data = [[row.get(c) for c in columns] for row in rows]
+        self._wandb.log({name: wandb.Table(columns=columns, data=data)}, step=step)
+
     def summary(self, metrics: dict[str, float]) -> None:
         if self._wandb is not None:
             self._wandb.summary.update(metrics)

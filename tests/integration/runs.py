@@ -57,6 +57,8 @@ def make_task_data(root: Path, task: str, n: int = 24, seed: int = 0) -> Path:
         rows = [_ranked(rng, reviewers=i % 2 + 1) for i in range(n)]
     elif task == "dpo":
         rows = [_preference(rng, ranked=i % 3 == 2) for i in range(n)]
+    elif task == "grpo":
+        rows = [{"prompt": _sentence(rng, rng.randint(2, 5))} for _ in range(n)]
     else:
         raise ValueError(task)
     return write_jsonl(root / f"{task}-{seed}.jsonl", rows)

@@ -72,6 +72,15 @@ SUBSTITUTIONS = {
     r"\bmodel\.path=\S+": "model.path={tiny_llama}",
     r"\bdata\.(train|eval)=(?:\S*/)?([^\s/]+)": r"data.\1={data}/\2",
     r"\brun=outputs/my-run\b": "run={run}",
+    # The RL demo's short sft run: the tiny Llama instead of the demo base; its export and the
+    # grpo run read it from the test's outputs; a few held-out prompts.
+    r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama}",
+    r"\brun=outputs/demo-sft-40\b": "run={out}/demo-sft-40",
+    r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
+    # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
+    # source): rule rewards in its place.
+    r"\breward\.model=\S+": "reward.fn=tests.integration.rl_rewards:letters",
+    r"\breward\.eval_fn=my_checks:score\b": "reward.eval_fn=tests.integration.rl_rewards:printable",
     # External launchers of N ranks run what `bigft-train launcher.nproc_per_node=N` runs.
     r"^torchrun\b.*?--nproc_per_node[ =](\d+).*?-m bigft\.train\b": NPROC,
     r"^deepspeed\b.*?--num_gpus[ =](\d+).*?--module bigft\.train\b": NPROC,
@@ -121,6 +130,7 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "ranked.jsonl": _copy_task_data("reward"),
     "pairs.jsonl": _copy_task_data("dpo"),
     "pairs_eval.jsonl": _copy_task_data("dpo"),
+    "prompts.jsonl": _copy_task_data("grpo"),
 }
 
 

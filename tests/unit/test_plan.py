@@ -263,3 +263,24 @@ def test_an_explicit_dpo_reference_is_planned_as_a_transient_second_model(tmp_pa
     text = plan.render()
     assert f"reference  {tmp_path}, loaded for a pass before training, then freed" in text
     assert "DOES NOT FIT: the step needs" in text and "loading task.reference" in text
+
+
+def test_grpo_plans_the_rollout_phase_kv_cache_and_reference():
+    """LLaMA-7B: 1 prompt × 8 responses of 1,024 tokens, a KV cache of 2 · 32 layers · 32 KV
+    heads · 128 · 8 rows · 1,024 · 2 bytes = 4 GiB; full fine-tuning adds a frozen bf16 copy
+    (6.74 B · 2 bytes), lora none."""
+    grpo = [
+        "model=llama7b", "task=grpo", "reward.fn=m:f", "task.num_generations=8",
+        "task.max_length=1024", "trainer.micro_batch_size=1", "trainer.grad_accum=1",
+    ]  # fmt: skip
+    lora = check_fits(compose_config([*grpo, "method=lora"]))
+    assert lora.setup.sequences_per_example == 8  # each prompt's responses in one forward
+    assert lora.rollout.kv_cache / GIB == pytest.approx(4.0)
+    assert lora.rollout.reference == 0 and lora.rollout.gathered == 0
+    assert "KV cache 4.00 GiB" in lora.render() and "adapters disabled" in lora.render()
+    full = check_fits(compose_config([*grpo, "method=full", "distributed=zero2"]))
+    assert full.rollout.reference / GIB == pytest.approx(6.74e9 * 2 / GIB, rel=0.01)
+    assert "frozen reference copy" in full.render()
+    b = lora.breakdown
+    assert lora.rollout.peak(b) == b.weights + b.trainable + b.optimizer + lora.rollout.kv_cache
+    assert check_fits(compose_config(["model=llama7b", "method=lora"])).rollout is None

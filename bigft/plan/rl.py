@@ -1,0 +1,58 @@
+"""task=grpo's memory beyond the training step: the rollout phase, planned per GPU.
+
+While a rank generates, it holds the policy (gathered whole under ZeRO-3: bigft gathers it once
+per rollout phase, not once per token), its trainable state, a frozen reference copy under full
+fine-tuning (lora/qlora use the policy with adapters disabled: nothing extra), and the KV cache
+of its whole rollout batch (micro_batch × grad_accum × num_generations rows of up to
+task.max_length tokens). A reward model (reward.model) adds its own weights, which the plan
+cannot size from the policy's shape: it says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bigft.plan.estimate import DTYPE_BYTES, Breakdown
+from bigft.plan.setup import Setup
+from bigft.plan.shape import ModelShape
+
+
+@dataclass(frozen=True)
+class RolloutMemory:
+    kv_cache: float
+    gathered: float  # ZeRO-3: the rest of the policy, gathered for generation
+    reference: float  # full fine-tuning: the frozen initial copy
+
+    def peak(self, b: Breakdown) -> float:
+        return (
+            b.weights + b.trainable + b.optimizer + self.kv_cache + self.gathered + self.reference
+        )
+
+
+def rollout_memory(shape: ModelShape, s: Setup) -> RolloutMemory | None:
+    if s.rollout_rows == 0:
+        return None
+    width = DTYPE_BYTES.get(s.model_dtype, 2)
+    head_dim = shape.hidden // shape.heads
+    kv = 2 * shape.layers * shape.kv_heads * head_dim * s.rollout_rows * s.seq_len * width
+    whole = shape.total_params * width
+    gathered = whole * (1 - 1 / s.world_size) if s.zero_stage >= 3 else 0.0
+    reference = whole if s.method in ("full", "freeze") and s.rollout_reference_copy else 0.0
+    return RolloutMemory(float(kv), float(gathered), float(reference))
+
+
+def rollout_line(m: RolloutMemory | None, s: Setup, gib: float) -> list[str]:
+    if m is None:
+        return []
+    ref = (
+        f"a frozen reference copy {m.reference / gib:.2f} GiB"
+        if m.reference
+        else "reference: adapters disabled (no copy)"
+        if s.method in ("lora", "qlora")
+        else "no reference (task.kl_coef=0)"
+    )
+    gathered = f", policy gathered for generation {m.gathered / gib:.2f} GiB" if m.gathered else ""
+    return [
+        f"  rollout    {s.rollout_rows} responses per GPU: KV cache {m.kv_cache / gib:.2f} GiB"
+        f"{gathered}, {ref}; a reward.model's weights come on top"
+    ]

@@ -1,0 +1,89 @@
+"""What task=grpo needs besides the model: reward sources from `reward:`, the reference, samples.
+
+Reference: under lora/qlora the policy with its adapters disabled (no second model in memory);
+under full fine-tuning a frozen copy of the initial policy, taken once before training starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from bigft.errors import ConfigError
+from bigft.rl.reward_model import RewardModelScorer
+from bigft.rl.rewards import FunctionReward, RewardSum
+
+SAMPLES_FILE = "samples.jsonl"
+
+ReferenceContext = Callable[[], contextlib.AbstractContextManager[torch.nn.Module]]
+
+
+def build_rewards(cfg: DictConfig, device: torch.device) -> RewardSum:
+    """Σ weight · source over `reward.fn` and `reward.model`; `reward.eval_fn` reported only."""
+    r = cfg.reward
+    sources: list[tuple[Any, float, bool]] = []
+    if r.fn:
+        sources.append((FunctionReward(str(r.fn), name="fn"), float(r.fn_weight), False))
+    if r.model:
+        scorer = RewardModelScorer(
+            str(r.model),
+            name="model",
+            device=device,
+            use_chat_template=bool(cfg.task.use_chat_template),
+            max_length=int(cfg.task.max_length),
+        )
+        sources.append((scorer, float(r.model_weight), False))
+    if r.eval_fn:
+        sources.append((FunctionReward(str(r.eval_fn), name="eval_fn"), 1.0, True))
+    if not any(not eval_only for _, _, eval_only in sources):
+        raise ConfigError(
+            f"task={cfg.task.name} needs a reward: set reward.fn=<module>:<function> or "
+            "reward.model=<a reward run directory> (reward.eval_fn is only reported)"
+        )
+    return RewardSum(sources)
+
+
+def peft_model(model: torch.nn.Module) -> torch.nn.Module | None:
+    while not hasattr(model, "disable_adapter") and hasattr(model, "module"):
+        model = model.module
+    return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
+
+
+def reference_context(
+    method: str, policy: torch.nn.Module, kl_coef: float
+) -> ReferenceContext | None:
+    """A context manager factory giving the reference model, or None when kl_coef is 0.
+
+    Called before the engine wraps the policy: the frozen copy must be of the initial weights.
+    """
+    if kl_coef == 0:
+        return None
+    if method in ("lora", "qlora"):
+
+        @contextlib.contextmanager
+        def disabled() -> Iterator[torch.nn.Module]:
+            model = peft_model(policy)
+            with model.disable_adapter():
+                yield model
+
+        return disabled
+    frozen = copy.deepcopy(policy).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def copy_of_initial() -> Iterator[torch.nn.Module]:
+        yield frozen
+
+    return copy_of_initial
+
+
+def write_samples(run_dir: Path, step: int, rows: list[dict[str, Any]]) -> None:
+    with (run_dir / SAMPLES_FILE).open("a") as f:
+        for row in rows:
+            f.write(json.dumps({"step": step, **row}) + "\n")

@@ -1,0 +1,46 @@
+"""task=grpo on 2 ranks equals one process: same prompts and per-sample seeds, hence the same
+rollouts, rewards and losses (the rollout batch is split across ranks, the groups are not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bigft.config import compose_config
+from bigft.train import train
+from tests.distributed.test_distributed import ok, run_ranks
+from tests.integration.runs import read_metrics, train_overrides
+
+pytestmark = pytest.mark.distributed
+
+
+def rewards_and_losses(run_dir: Path) -> list[tuple[float, float]]:
+    return [
+        (m["train/reward"], m["train/loss"]) for m in read_metrics(run_dir) if "train/reward" in m
+    ]
+
+
+@pytest.mark.parametrize(("method", "mode"), [("lora", "zero3"), ("full", "ddp")])
+def test_grpo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, method, mode):
+    base = [
+        *train_overrides(tmp_path, tiny_llama_dir, "grpo", method),
+        "reward.fn=tests.integration.rl_rewards:letters",
+        "method.dropout=0",
+        "task.max_new_tokens=5",
+        "task.ppo_epochs=2",
+        "optim.lr=1e-2",
+        "trainer.max_steps=3",
+        "data.max_eval_examples=5",
+        "trainer.eval_batch_size=2",
+    ]
+    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
+    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
+    out = tmp_path / "outputs"
+    two, one = rewards_and_losses(out / "two"), rewards_and_losses(out / "one")
+    assert len(two) == 3
+    assert [r for r, _ in two] == pytest.approx([r for r, _ in one], rel=1e-5)
+    assert [x for _, x in two] == pytest.approx([x for _, x in one], rel=1e-4, abs=1e-6)
+    assert read_metrics(out / "two")[-1]["eval/reward"] == pytest.approx(
+        read_metrics(out / "one")[-1]["eval/reward"], rel=1e-5
+    )

@@ -13,10 +13,11 @@ from bigft.train import train
 from .runs import read_metrics
 
 
-def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_path):
+def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_path, demo_run):
+    demo, _ = demo_run  # for its cache_dir: the demo base, built once per session
     common = [
         f"output_root={tmp_path / 'outputs'}",
-        f"cache_dir={tmp_path / 'cache'}",
+        f"cache_dir={demo.cache_dir}",
         "logger=none",
         "trainer.progress_bar=false",
     ]

@@ -46,5 +46,5 @@ def test_truth_score_and_win_rate_before_and_after(tmp_path, tiny_llama_dir):
 
 def test_eval_generate_without_a_score_function_is_refused(tmp_path, tiny_llama_dir):
     cfg = _dpo_on_demo_preferences(tmp_path, tiny_llama_dir, "task.eval_score_fn=null")
-    with pytest.raises(ConfigError, match="task.eval_score_fn"):
+    with pytest.raises(ConfigError, match=r"task\.eval_score_fn"):
         train(cfg)

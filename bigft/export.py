@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig
 
 from bigft.config import CONF_DIR, typed_config
 from bigft.config.schema import DType
-from bigft.errors import ConfigError, exit_on_user_error
+from bigft.errors import ConfigError, exit_on_user_error, run_hydra_app
 from bigft.outputs import (
     MERGED_SUBDIR,
     MODEL_SUBDIR,
@@ -90,7 +90,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

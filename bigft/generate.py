@@ -30,7 +30,7 @@ from bigft.config.schema import TaskConfig
 from bigft.data.readers import Record
 from bigft.data.templates import sft_tokens
 from bigft.engine.resume import CONFIG_FILE
-from bigft.errors import ConfigError, DataError, exit_on_user_error
+from bigft.errors import ConfigError, DataError, exit_on_user_error, run_hydra_app
 from bigft.export import output_dir_of
 from bigft.models.decode import complete_ids
 from bigft.outputs import MERGED_SUBDIR, load_output, read_metadata
@@ -237,7 +237,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

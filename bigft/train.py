@@ -39,14 +39,14 @@ from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.precision import apply_precision, bf16_supported
 from bigft.engine.resume import resume_point, save_config
-from bigft.engine.stop import StopRequest
-from bigft.errors import exit_on_user_error
+from bigft.engine.stop import StopRequest, stopping_on_signals
+from bigft.errors import exit_on_user_error, run_hydra_app
 from bigft.launch.local import relaunch_if_needed
 from bigft.launch.slurm import submit
 from bigft.launch.slurm_rank import in_job_step, run_rank, torch_env_from_slurm
 from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
-from bigft.models.load import load_model, load_tokenizer
+from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.tasks import build_task
 from bigft.tasks.reference import attach_reference_logps
@@ -141,13 +141,14 @@ def _train(
 ) -> dict[str, float]:
     # Every rank derives the same run directory from the config; only rank 0 writes to it.
     run_dir = Path(cfg.output_dir)
-    checkpoint = resume_point(cfg, run_dir, env.world_size)
+    checkpoint = resume_point(cfg, run_dir, env.world_size, report=env.is_main)
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
         log.info("run directory: %s", run_dir)
     saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
+    check_max_length(cfg.model, cfg.task.max_length)
     seed_everything(cfg.trainer.seed)
     precision = precision_of(cfg, bf16_supported=bf16_supported(env.device))
     ds_config = None
@@ -225,7 +226,13 @@ def _train(
         state = LoopState.from_dict(saved)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
-    tracker = start_tracking(cfg, run_dir, is_main=env.is_main, wandb_id=state.wandb_id)
+    tracker = start_tracking(
+        cfg,
+        run_dir,
+        is_main=env.is_main,
+        wandb_id=state.wandb_id,
+        resumed_step=state.step if saved is not None else None,
+    )
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
     loop = Loop(
@@ -307,13 +314,14 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return None
     if int(os.environ.get("RANK", "0")) == 0:
         print(compact_config(cfg), flush=True)
-    metrics = train(cfg, faults=fault_injection())
+    with stopping_on_signals(cfg.output_dir) as stop:
+        metrics = train(cfg, faults=fault_injection(), stop=stop)
     return metrics.get("eval/loss", metrics.get("train/loss"))
 
 
 def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

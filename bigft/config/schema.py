@@ -253,7 +253,10 @@ class TrainerConfig:
     # Evaluate the untouched base model first; the final summary then shows base vs tuned.
     eval_at_start: bool = False
     eval_batch_size: int = 8
-    save_every: int = 0  # 0: only at the end
+    save_every: int = 0  # steps between checkpoints; 0: none by step count
+    # Wall-clock minutes between checkpoints (0: none by time), so that a kill loses at most
+    # this much work; and a run always checkpoints at the end and on SIGINT/SIGTERM.
+    save_every_minutes: float = 30.0
     keep_last: int = 2
     # "auto": continue from the latest checkpoint in the run directory if there is one;
     # "never": start fresh (refused if the run directory already holds checkpoints);

@@ -26,6 +26,8 @@ def validate(cfg: DictConfig) -> None:
     _require(t.max_steps > 0 or t.max_steps == -1, "trainer.max_steps", t.max_steps, "> 0, or -1")
     _require(t.epochs >= 1, "trainer.epochs", t.epochs, ">= 1")
     _require(t.keep_last >= 1, "trainer.keep_last", t.keep_last, ">= 1")
+    _require(t.save_every >= 0, "trainer.save_every", t.save_every, ">= 0")
+    _require(t.save_every_minutes >= 0, "trainer.save_every_minutes", t.save_every_minutes, ">= 0")
     _require(t.max_bad_steps >= 1, "trainer.max_bad_steps", t.max_bad_steps, ">= 1")
     _require(t.log_every >= 1, "trainer.log_every", t.log_every, ">= 1")
     _require(t.eval_batch_size >= 1, "trainer.eval_batch_size", t.eval_batch_size, ">= 1")

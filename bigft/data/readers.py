@@ -106,7 +106,8 @@ def _read_jsonl(path: Path, shown: str) -> list[Record]:
         for line_no, raw in enumerate(f, start=1):
             where = f"{shown}:{line_no}"
             try:
-                line = raw.decode("utf-8")
+                # utf-8-sig on the first line: many editors start a UTF-8 file with a BOM.
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as err:
                 raise DataError(f"{where}: not UTF-8 ({err.reason})") from None
             if not line.strip():
@@ -123,7 +124,7 @@ def _read_jsonl(path: Path, shown: str) -> list[Record]:
 
 def _read_json(path: Path, shown: str) -> list[Record]:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataError(f"{shown}:{err.lineno}: invalid JSON ({err.msg})") from None
     except UnicodeDecodeError as err:
@@ -140,7 +141,7 @@ def _read_json(path: Path, shown: str) -> list[Record]:
 
 def _read_csv(path: Path, shown: str) -> list[Record]:
     records = []
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header:

@@ -64,6 +64,8 @@ def text_field(record: Record, name: str, *, required: bool = True) -> str | Non
     """A field as text (numbers allowed), or a DataError naming the record and field."""
     value = record.fields.get(name)
     if value is None:
+        if required and name in record.fields:
+            raise DataError(f"{record.source}: field {name!r} is null; expected text")
         if required:
             present = ", ".join(sorted(record.fields)) or "none"
             raise DataError(f"{record.source}: missing field {name!r} (fields: {present})")

@@ -7,13 +7,14 @@ demo_base`; the first run lands here, later runs load the cached directory.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,10 +75,37 @@ def _preserved_rng() -> Iterator[None]:
         torch.set_rng_state(states[2])
 
 
-def _build_dir_next_to(path: Path) -> tempfile.TemporaryDirectory:
-    # Beside `path`: the same filesystem, so the final rename is atomic, and an interrupted
-    # build leaves only a dot-directory that nothing mistakes for a model.
-    return tempfile.TemporaryDirectory(prefix=f".{path.name}-build-", dir=path.parent)
+# Marks an initial model whose write finished (a kill mid-write leaves none).
+INIT_DONE = "init-complete"
+# The pre-training checkpoints every 100 steps (~10 s of work) and resumes from them, so that a
+# build killed midway continues where it stopped.
+RESUMABLE = ["trainer.resume=auto", "trainer.save_every=100"]
+
+
+def _build_dir_next_to(path: Path) -> Path:
+    # Beside `path`: the same filesystem, so the final rename is atomic; a dot-directory that
+    # nothing mistakes for a model, named alike every time, so a killed build resumes from its
+    # checkpoints instead of starting over and leaving its directory behind.
+    return path.parent / f".{path.name}-build"
+
+
+@contextlib.contextmanager
+def _build_lock(path: Path) -> Iterator[None]:
+    """One builder at a time (two runs starting at once); the second then finds the model."""
+    with (path.parent / f".{path.name}-build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _initial_model(work: Path) -> Path:
+    """The freshly initialised model (deterministic: built again if a kill cut its write)."""
+    init = work / "init"
+    if not (work / INIT_DONE).is_file():
+        shutil.rmtree(work, ignore_errors=True)
+        tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
+        build_tiny_llama(init, tokenizer, seed=INIT_SEED, **SHAPE)
+        (work / INIT_DONE).touch()
+    return init
 
 
 def _publish(built: Path, path: Path) -> None:
@@ -92,6 +120,9 @@ def _publish(built: Path, path: Path) -> None:
 
 # What a parent process passes down that would change what the pre-training run does: rank
 # variables (the build runs as one process) and fault injection meant for the parent's run.
+# A child stopped by Ctrl-C (130) or SIGTERM (143) after writing a checkpoint.
+STOPPED_BY_SIGNAL = (130, 143)
+
 _NOT_INHERITED = (
     "RANK",
     "LOCAL_RANK",
@@ -102,6 +133,7 @@ _NOT_INHERITED = (
     "BIGFT_CRASH_AFTER_STEP",
     "BIGFT_CRASH_RANK",
     "BIGFT_SLOW_STEP_SECONDS",
+    "BIGFT_KILL_IN_CHECKPOINT",
 )
 
 
@@ -118,9 +150,13 @@ def pretrain(init: Path, run_dir: Path) -> None:
         "experiment=demo_base_pretrain",
         f"model.path={init}",
         f"output_dir={run_dir}",
+        *RESUMABLE,
     ]
     env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     result = subprocess.run(command, env=env, check=False)
+    if result.returncode in STOPPED_BY_SIGNAL:
+        # Ctrl-C or SIGTERM: the pre-training checkpointed and said so; the next run resumes it.
+        raise SystemExit(result.returncode)
     if result.returncode != 0:
         raise TrainingError(
             f"pre-training the demo base failed (exit status {result.returncode}; its error is "
@@ -134,15 +170,18 @@ def build_demo_base(path: Path) -> Path:
     if path.exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("building the demo base model at %s (once, about a minute on 2 CPU cores)", path)
-    with _preserved_rng(), _build_dir_next_to(path) as tmp:
-        work = Path(tmp)
-        tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
-        init = build_tiny_llama(work / "init", tokenizer, seed=INIT_SEED, **SHAPE)
-        pretrain(init, work / "run")
+    with _build_lock(path), _preserved_rng():
+        if path.exists():
+            return path
+        log.info("building the demo base model at %s (once, about a minute on 2 CPU cores)", path)
+        for stale in path.parent.glob(f".{path.name}-build-*"):  # older bigft's random names
+            shutil.rmtree(stale, ignore_errors=True)
+        work = _build_dir_next_to(path)
+        pretrain(_initial_model(work), work / "run")
         last = _read_last_metrics(work / "run" / "metrics.jsonl")
         log.info("demo base pre-trained: %s", {k: round(v, 4) for k, v in last.items()})
         _publish(work / "run" / "model", path)
+        shutil.rmtree(work, ignore_errors=True)
     return path
 
 

@@ -85,7 +85,7 @@ class PlainEngine:
             torch.save(self.optimizer.state_dict(), path / "optimizer.pt")
 
     def load_sharded(self, path: Path) -> None:
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
 
 
 class DeepSpeedEngine:

@@ -80,6 +80,10 @@ class Loop:
     stop: StopRequest | None = None
     # Whether some rank had been asked to stop by the end of the last step (agreed by all).
     stop_agreed: bool = field(default=False, init=False)
+    # Whether trainer.save_every_minutes had passed on some rank by then (agreed by all: ranks'
+    # clocks differ, and a checkpoint is a collective).
+    save_time_agreed: bool = field(default=False, init=False)
+    last_save: float = field(default_factory=time.monotonic, init=False)
 
     # ---- pieces ---------------------------------------------------------------------------
 
@@ -128,12 +132,14 @@ class Loop:
             for key, value in out.stats.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
         applied, grad_norm = self.engine.step()
-        # The stop flags ride on this reduction: every rank learns at the same step whether any
-        # rank was asked to stop, without a collective of their own.
+        # The stop and wall-clock checkpoint flags ride on this reduction: every rank learns at
+        # the same step whether any rank wants one, without a collective of their own.
         asked = float(self.stop is not None and self.stop.requested)
-        stats = sum_across_ranks({**stats, "__loss": float(loss), "__stop": asked})
+        flags = {"__loss": float(loss), "__stop": asked, "__save": float(self.save_time_due())}
+        stats = sum_across_ranks({**stats, **flags})
         loss_value = stats.pop("__loss")
         self.stop_agreed = stats.pop("__stop") > 0
+        self.save_time_agreed = stats.pop("__save") > 0
         finite = applied and math.isfinite(loss_value)
         if finite:
             self.scheduler.step()
@@ -224,11 +230,16 @@ class Loop:
             env=self.env,
             with_trainable=self.checkpoint_trainable,
         )
+        self.last_save = time.monotonic()
         if self.env.is_main:
             log.info("checkpoint: %s", path)
 
     def due(self, every: int) -> bool:
         return every > 0 and self.state.step % every == 0 and self.state.step < self.total_steps
+
+    def save_time_due(self) -> bool:
+        minutes = self.trainer.save_every_minutes
+        return minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
 
     # ---- the loop -------------------------------------------------------------------------
 
@@ -259,7 +270,9 @@ class Loop:
                 self.tracker.log(last, step=self.state.step)
             if self.due(self.trainer.eval_every):
                 self.tracker.log(self.evaluate(), step=self.state.step)
-            saved = self.due(self.trainer.save_every)
+            saved = self.due(self.trainer.save_every) or (
+                self.save_time_agreed and self.state.step < self.total_steps
+            )
             if saved:
                 self.checkpoint()
             if self.stop_agreed and self.state.step < self.total_steps:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigft.engine.checkpoint import list_checkpoints, read_state
-from bigft.errors import ConfigError
+from bigft.engine.checkpoint import incomplete_reason, read_state, scan_checkpoints
+from bigft.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 # Keys that may change between a run and its resumption without changing what is trained.
@@ -19,6 +22,7 @@ RESUMABLE_CHANGES = (
     "trainer.eval_at_start",
     "trainer.eval_batch_size",
     "trainer.save_every",
+    "trainer.save_every_minutes",
     "trainer.keep_last",
     "trainer.log_every",
     "trainer.progress_bar",
@@ -74,12 +78,33 @@ def _check_global_batch(
         )
 
 
-def resume_point(cfg: DictConfig, run_dir: Path, world_size: int = 1) -> Path | None:
-    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run."""
+def _newest_complete(run_dir: Path, report: bool) -> tuple[Path | None, list[Path]]:
+    """The newest complete checkpoint (and all complete ones), saying which newer were skipped."""
+    scan = scan_checkpoints(run_dir)
+    found = scan.complete[-1] if scan.complete else None
+    newest_step = int(found.name.rsplit("_", 1)[1]) if found else -1
+    for path, why in scan.skipped:
+        if report and int(path.name.rsplit("_", 1)[1]) > newest_step:
+            log.warning("skipping checkpoint %s: %s", path, why)
+    if report and scan.skipped and found is None:
+        log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
+    return found, scan.complete
+
+
+def resume_point(
+    cfg: DictConfig, run_dir: Path, world_size: int = 1, *, report: bool = True
+) -> Path | None:
+    """The checkpoint to continue from, or None for a fresh run; refuses to clobber a run.
+
+    `report`: log the incomplete checkpoints passed over (rank 0 only, to say it once).
+    """
     resume = cfg.trainer.resume
     if resume not in ("auto", "never"):
+        why = incomplete_reason(Path(resume))
+        if why is not None:
+            raise CheckpointError(f"trainer.resume={resume} is not a complete checkpoint: {why}")
         return Path(resume)
-    existing = list_checkpoints(run_dir)
+    found, existing = _newest_complete(run_dir, report)
     if resume == "never":
         if existing:
             raise ConfigError(
@@ -87,7 +112,6 @@ def resume_point(cfg: DictConfig, run_dir: Path, world_size: int = 1) -> Path | 
                 "trainer.resume=auto, start a new run with name=<new name>, or delete it"
             )
         return None
-    found = existing[-1] if existing else None
     if found and (run_dir / CONFIG_FILE).is_file():
         saved_cfg = OmegaConf.load(run_dir / CONFIG_FILE)
         changes = config_changes(saved_cfg, cfg)

@@ -1,15 +1,21 @@
 """Stopping a run early and cleanly: a signal asks, the ranks agree, a checkpoint is written.
 
-Slurm warns a job before its time limit or a preemption with a signal (`--signal`). A signal
-reaches each rank at a different moment, mid-step; stopping there would leave ranks in different
-collectives. So the handler only raises a flag, and the loop, after every optimizer step, sums the
-flags over all ranks: every rank sees the same total and stops after the same step.
+Slurm warns a job before its time limit or a preemption with a signal (`--signal`); every other
+run stops the same way on Ctrl-C (SIGINT) and SIGTERM (`kill`, a scheduler's preemption) and
+exits 130 or 143 with one line saying where the checkpoint is; a second Ctrl-C exits at once.
+A signal reaches each rank at a different moment, mid-step; stopping there would leave ranks in
+different collectives. So the handler only raises a flag, and the loop, after every optimizer
+step, sums the flags over all ranks: every rank sees the same total and stops after the same step.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import sys
+from collections.abc import Iterator
 from types import FrameType
 
 log = logging.getLogger(__name__)
@@ -31,9 +37,10 @@ class StopRequest:
     has handlers of its own.
     """
 
-    def __init__(self, signal_names: list[str]) -> None:
+    def __init__(self, signal_names: list[str], *, second_sigint_exits: bool = False) -> None:
         self.signals = [_parse(name) for name in signal_names]
         self.received: signal.Signals | None = None
+        self.second_sigint_exits = second_sigint_exits
         self._previous: dict[signal.Signals, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -51,6 +58,8 @@ class StopRequest:
         if self.received is None:
             self.received = signal.Signals(signum)
             log.warning("received %s: stopping after this step", self.received.name)
+        elif self.second_sigint_exits and signum == signal.SIGINT:
+            exit_now()
 
     @property
     def requested(self) -> bool:
@@ -59,6 +68,43 @@ class StopRequest:
     @property
     def signal_name(self) -> str:
         return self.received.name if self.received is not None else "another rank's signal"
+
+
+# The environment variable that tells ranks started by bigft's own torchrun launch that the
+# launching process reports a stop and sets the exit status (bigft/launch/local.py).
+PARENT_REPORTS_STOP = "BIGFT_PARENT_REPORTS_STOP"
+
+
+def exit_status(signal_name: str) -> int:
+    """The shell's convention: 128 + the signal's number (130 for SIGINT, 143 for SIGTERM)."""
+    try:
+        return 128 + signal.Signals[signal_name].value
+    except KeyError:  # another rank's signal: this rank only took part in the stop
+        return 128 + signal.SIGTERM.value
+
+
+def exit_now() -> None:
+    """A second Ctrl-C: leave at once. A checkpoint being written is left incomplete, which
+    its missing manifest says, so the next run resumes from the one before."""
+    sys.stderr.write("\nbigft: second Ctrl-C: exiting now, without a checkpoint\n")
+    sys.stderr.flush()
+    os._exit(128 + signal.SIGINT.value)
+
+
+@contextlib.contextmanager
+def stopping_on_signals(run_dir: str) -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM finish the step, write a checkpoint and exit (130, 143) saying so."""
+    with StopRequest(["INT", "TERM"], second_sigint_exits=True) as stop:
+        try:
+            yield stop
+        except Preempted as stopped:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(
+                    f"bigft: {stopped} in {run_dir}; run the same command to resume",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            sys.exit(0 if os.environ.get(PARENT_REPORTS_STOP) else exit_status(stopped.signal_name))
 
 
 def _parse(name: str) -> signal.Signals:

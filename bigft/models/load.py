@@ -90,22 +90,24 @@ def _hub_error(source: str, what: str, err: Exception) -> ConfigError:
     )
 
 
-def resolve_source(source: str, *, what: str = "model") -> str:
+def resolve_source(source: str, *, what: str = "model", key: str | None = None) -> str:
     """Check that `source` is a usable local model directory, or leave it as a hub id.
 
     Returns the path to pass to from_pretrained (with ~ expanded for local directories).
+    `key` names the config key the path came from, in the messages.
     """
     if not looks_local(source):
         return source
     path = Path(source).expanduser()
+    where = f"{key}={source!r}" if key else f"{what} path {source!r}"
     if not path.exists():
-        raise ConfigError(f"{what} path {source!r} does not exist (resolved to {path.absolute()})")
+        raise ConfigError(f"{where} does not exist (resolved to {path.absolute()})")
     if not path.is_dir():
-        raise ConfigError(f"{what} path {source!r} is not a directory")
+        raise ConfigError(f"{where} is not a directory")
     # A tokenizer-only directory has no config.json; a model directory must have one.
     if what != "tokenizer" and not (path / "config.json").is_file():
         raise ConfigError(
-            f"{what} path {source!r} is not a Hugging Face model directory: it must be a "
+            f"{where} is not a Hugging Face model directory: it must be a "
             f"directory that contains config.json"
         )
     return str(path)
@@ -130,7 +132,9 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
     A tokenizer without a pad token gets its EOS token as pad: the collators mask padding out of
     the loss with the attention mask / labels, so the id only has to be a valid embedding.
     """
-    source = resolve_source(model_cfg.tokenizer or model_cfg.path, what="tokenizer")
+    # Without model.tokenizer the tokenizer is model.path's: a mistake there is model.path's.
+    key, what = ("model.tokenizer", "tokenizer") if model_cfg.tokenizer else ("model.path", "model")
+    source = resolve_source(model_cfg.tokenizer or model_cfg.path, what=what, key=key)
     tokenizer = _hub_call(
         source,
         "tokenizer",
@@ -146,6 +150,31 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
         log.info("tokenizer has no pad token: using its EOS token %r as pad", tokenizer.eos_token)
     tokenizer.padding_side = "right"
     return tokenizer
+
+
+# Where configs keep their number of positions (Llama and most: the first; GPT-2: the second).
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def check_max_length(model_cfg: Any, max_length: int) -> None:
+    """Refuse a task.max_length longer than the model's positions, before any weights load."""
+    source = resolve_source(model_cfg.path, key="model.path")
+    config = _hub_call(
+        source,
+        "model",
+        AutoConfig.from_pretrained,
+        source,
+        revision=model_cfg.revision,
+        trust_remote_code=bool(model_cfg.trust_remote_code),
+    )
+    found = [(k, getattr(config, k, None)) for k in POSITION_KEYS]
+    found = [(k, n) for k, n in found if isinstance(n, int)]
+    if found and max_length > found[0][1]:
+        name, positions = found[0]
+        raise ConfigError(
+            f"task.max_length={max_length} is longer than the model's {positions} positions "
+            f"({name} in {source}'s config.json): set task.max_length to at most {positions}"
+        )
 
 
 def quantization_config(method_cfg: Any) -> Any | None:
@@ -256,7 +285,7 @@ def load_model(
     loads on the CPU and leaves placement to the caller. `dtype` is what trainer.precision
     loads in (bigft.config.precision.load_dtype): fp32 for precision=fp32, bf16 for bf16-true.
     """
-    source = resolve_source(model_cfg.path)
+    source = resolve_source(model_cfg.path, key="model.path")
     dtype = torch_dtype(dtype or model_cfg.dtype)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 
 from bigft.config import CONF_DIR
 from bigft.config.validate import validate
-from bigft.errors import exit_on_user_error
+from bigft.errors import exit_on_user_error, run_hydra_app
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="plan", version_base="1.3")
@@ -25,7 +25,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    run_hydra_app(_hydra_main)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ class ClassifyTask:
         """The class id of a record's label: a label name, or an index into task.labels."""
         value = record.fields.get("label")
         if value is None:
-            raise DataError(f"{record.source}: missing field 'label'")
+            what = "field 'label' is null" if "label" in record.fields else "missing field 'label'"
+            raise DataError(f"{record.source}: {what}")
         if isinstance(value, str) and value in self.labels:
             return self.labels.index(value)
         # CSV gives every value as text, so "1" also counts as an index when it is no label name.

@@ -1,6 +1,11 @@
 """Where metrics go: always a plain metrics.jsonl in the run directory, and W&B when enabled.
 
 Only the main rank tracks; the other ranks get a tracker that drops everything.
+
+A resumed run logs every step once: metrics.jsonl first loses the lines past the checkpoint's
+step (a run that starts over loses them all), and W&B continues the same run id on the same step
+axis. W&B itself drops a step at or below the last one it holds ("steps must be monotonically
+increasing"); as a resume is exact, the steps it drops equal those it keeps.
 """
 
 from __future__ import annotations
@@ -16,6 +21,27 @@ from omegaconf import DictConfig, OmegaConf
 from bigft.config.schema import LoggerConfig
 
 METRICS_FILE = "metrics.jsonl"
+
+
+def keep_metrics_through(path: Path, step: int | None) -> None:
+    """Drop the lines logged after `step` (all of them for None: a run starting over).
+
+    Rewritten beside and renamed over, so a kill leaves the old file or the new one. A line
+    a kill cut short is dropped too.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    if step is not None:
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                continue
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 class Tracker:
@@ -63,11 +89,20 @@ def wandb_mode(cfg: LoggerConfig) -> str:
 
 
 def start_tracking(
-    cfg: DictConfig, run_dir: Path, *, is_main: bool, wandb_id: str | None
+    cfg: DictConfig,
+    run_dir: Path,
+    *,
+    is_main: bool,
+    wandb_id: str | None,
+    resumed_step: int | None = None,
 ) -> Tracker:
-    """Open the metrics file and, for logger=wandb, start or continue the W&B run `wandb_id`."""
+    """Open the metrics file and, for logger=wandb, start or continue the W&B run `wandb_id`.
+
+    `resumed_step`: the checkpoint's step the run continues from; None for a run from step 0.
+    """
     if not is_main:
         return Tracker(None)
+    keep_metrics_through(run_dir / METRICS_FILE, resumed_step)
     if cfg.logger.name != "wandb":
         return Tracker(run_dir)
     import wandb

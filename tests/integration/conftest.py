@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bigft.config import compose_config
+from bigft.train import train
 
 from .runs import train_overrides
 
@@ -17,3 +18,22 @@ def make_cfg(tmp_path, tiny_llama_dir):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """`make demo`'s run, once per session: the demo base pre-trained by bigft and the demo's
+    LoRA instruction tuning (minutes). Tests that start from the demo's tuned model share it.
+
+    Returns (config, final metrics); the base is cached in the config's cache_dir.
+    """
+    root = tmp_path_factory.mktemp("demo")
+    cfg = compose_config(
+        [
+            f"output_root={root / 'outputs'}",
+            f"cache_dir={root / 'cache'}",
+            "logger=none",
+            "trainer.progress_bar=false",
+        ]
+    )
+    return cfg, train(cfg)

@@ -213,8 +213,8 @@ def test_cli_refuses_mistakes_without_a_traceback():
     assert "bigft: error: model.path='meta-llama/Llama-3.1-8B' is a hub id" in out.stderr
     assert "Traceback" not in out.stderr
     out = _cli("method.rr=3")
-    assert out.returncode != 0
-    assert "Key 'rr' not in 'MethodConfig'" in out.stderr
+    assert out.returncode == 2
+    assert "bigft: error: unknown config key 'method.rr' (did you mean method.r?)" in out.stderr
 
 
 def test_the_papers_two_figures_from_the_traced_step():

@@ -1,0 +1,153 @@
+"""The model under test (and the red LM): loading a run or a model path, batched generation.
+
+A prompt is formatted as the model was tuned to read it: with the tokenizer's chat template when
+it has one, else with the run's own `task.prompt_template` (from `<run>/config.yaml`), else as
+plain text, which is what `bigft-generate` sends.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from bigft.data.templates import special_prefix
+from bigft.engine.resume import CONFIG_FILE
+from bigft.errors import ConfigError
+from bigft.models.decode import complete_ids, is_prefix_tuned
+from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+
+
+@dataclass
+class Target:
+    model: Any
+    tokenizer: Any
+    name: str
+    prompt_template: str | None = None  # the run's alpaca template ("{instruction}")
+    chat_template: bool = False
+
+
+def _run_prompt_template(path: Path) -> str | None:
+    for config in (path / CONFIG_FILE, path.parent / CONFIG_FILE):
+        if config.is_file():
+            task = OmegaConf.load(config).get("task") or {}
+            return task.get("prompt_template")
+    return None
+
+
+def _check_causal_config(path: Path, key: str) -> None:
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(
+            f"{key}={str(path)!r} is neither a bigft run (no {MODEL_SUBDIR}/{OUTPUT_FILE}) nor a "
+            "model directory (no config.json)"
+        )
+    archs = json.loads(config.read_text()).get("architectures") or []
+    if not any(a.endswith("ForCausalLM") for a in archs):
+        raise ConfigError(
+            f"{key}={str(path)!r} is not a causal LM (architectures: {archs}); a red-team "
+            "target must generate text"
+        )
+
+
+def load_target(
+    spec: str, *, key: str = "target", merged: bool = False, use_chat_template: bool = True
+) -> Target:
+    """A bigft run directory (adapter or full model; `merged`: its bigft-export) or a local
+    Hugging Face causal-LM directory."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}={spec!r} does not exist")
+    device = "cuda" if torch.cuda.is_available() else None
+    source = path / MERGED_SUBDIR if merged else path / MODEL_SUBDIR
+    if not (source / OUTPUT_FILE).is_file() and (path / OUTPUT_FILE).is_file():
+        source = path
+    if (source / OUTPUT_FILE).is_file():
+        head = read_metadata(source)["head"]
+        if head != "causal_lm":
+            raise ConfigError(f"{key}={spec!r} holds a {head} model, not a causal LM")
+        model, tokenizer = load_output(source, device=device)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        _check_causal_config(path, key)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
+    templated = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
+    return Target(model, tokenizer, str(spec), _run_prompt_template(path), templated)
+
+
+def prompt_ids(target: Target, chat: list[dict[str, str]]) -> list[int]:
+    """Token ids of a chat (ending with a user turn) as the model reads it before answering."""
+    tok = target.tokenizer
+    if target.chat_template:
+        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+    if len(chat) == 1 and target.prompt_template:
+        text = target.prompt_template.format(instruction=chat[0]["content"])
+    elif len(chat) == 1:
+        text = chat[0]["content"]
+    else:  # bigft's plain chat format (bigft.data.templates), as task=sft trains on it
+        text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in chat) + "<|assistant|>\n"
+    return special_prefix(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    *,
+    samples: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> list[list[str]]:
+    """`samples` completions of each prompt (token ids), decoded; one batched generate call."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad = eos if pad is None else pad
+    if is_prefix_tuned(model):  # generate() drops a peft prefix (see bigft.models.decode)
+        opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
+        device = next(model.parameters()).device
+        return [
+            [
+                tokenizer.decode(
+                    complete_ids(
+                        model, torch.tensor([p], device=device), eos_id=eos, pad_id=pad, **opts
+                    ),
+                    skip_special_tokens=True,
+                )
+                for _ in range(samples)
+            ]
+            for p in prompts
+        ]
+    width = max(len(p) for p in prompts)
+    # Left padding: every row's last prompt token sits at the same position, where decoding starts.
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    device = next(model.parameters()).device
+    kwargs: dict[str, Any] = {"do_sample": temperature > 0}
+    if temperature > 0:
+        kwargs.update(temperature=temperature, top_p=top_p)
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        num_return_sequences=samples,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        **kwargs,
+    )
+    texts = [
+        tokenizer.decode(_until_eos(row[width:].tolist(), eos), skip_special_tokens=True)
+        for row in out
+    ]
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+
+
+def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids

@@ -187,6 +187,9 @@ class TaskConfig:
     # sft eval: greedy generation on eval prompts, scored by exact match against the response.
     eval_generate: bool = False
     max_new_tokens: int = 32
+    # dpo eval (with eval_generate): score each held-out prompt's greedy answer with this
+    # `<module>:<function>` (prompt, response) -> float: eval/truth_score and eval/win_rate.
+    eval_score_fn: str | None = None
     # classify: the label set, in order (index = class id).
     labels: list[str] = field(default_factory=list)
     # lm / sft: pack several examples into each max_length row (no attention across them).

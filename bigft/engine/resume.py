@@ -33,6 +33,7 @@ RESUMABLE_CHANGES = (
     "data.max_eval_examples",
     "task.eval_generate",
     "task.max_new_tokens",
+    "task.eval_score_fn",
     "distributed.timeout_minutes",
     "logger",
     "launcher",

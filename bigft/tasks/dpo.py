@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bigft.data.collate import IGNORE_INDEX, collate_sequences, pad_right
+from bigft.data.collate import IGNORE_INDEX, attention_mask, collate_sequences, pad_left, pad_right
 from bigft.data.readers import Record
 from bigft.data.templates import (
     ROLES,
@@ -31,6 +31,7 @@ from bigft.errors import ConfigError, DataError
 from bigft.tasks.base import LossOutput, ModelHead, forward_logits, loss_stats, pad_token_id
 from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss, simpo_rewards
 from bigft.tasks.reward import ranked_responses
+from bigft.tasks.truth_eval import TruthEval, greedy_answers, summarize_truth
 
 # The batch key of precomputed reference log-probabilities: [chosen rows..., rejected rows...].
 REFERENCE_KEY = "reference_logps"
@@ -40,7 +41,6 @@ class DPOTask:
     name = "dpo"
     model_head: ModelHead = "causal_lm"
     num_labels: int | None = None
-    generates_in_eval: bool = False
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         self.cfg = cfg
@@ -52,6 +52,8 @@ class DPOTask:
         self.beta = float(cfg.beta)
         # SimPO is reference-free: no reference pass, no disabled-adapter forward.
         self.needs_reference = self.loss_name != "simpo"
+        self.generates_in_eval: bool = bool(cfg.eval_generate)
+        self.truth = _truth_eval(cfg)
 
     # ---- records → examples → batches ------------------------------------------------------
 
@@ -73,6 +75,9 @@ class DPOTask:
         ]
         if overlong:
             examples[0]["truncated"] = True
+        if self.generates_in_eval and examples:
+            # One answer per prompt, not per pair: the record's first pair carries the prompt.
+            examples[0]["prompt_ids"] = seqs[0][0][: seqs[0][1]]
         return examples
 
     def _sequence(
@@ -119,6 +124,10 @@ class DPOTask:
             chosen = [ex[REFERENCE_KEY][0] for ex in examples]
             rejected = [ex[REFERENCE_KEY][1] for ex in examples]
             batch[REFERENCE_KEY] = torch.tensor(chosen + rejected, dtype=torch.float32)
+        prompts = [ex["prompt_ids"] for ex in examples if "prompt_ids" in ex]
+        if self.generates_in_eval and prompts:
+            batch["gen_prompt_ids"] = pad_left(prompts, self.pad_id)
+            batch["gen_prompt_mask"] = attention_mask(prompts, left=True)
         return batch
 
     # ---- batch → loss ------------------------------------------------------------------------
@@ -131,7 +140,21 @@ class DPOTask:
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         with torch.no_grad():
-            return self._loss_and_stats(model, batch)[1]
+            stats = self._loss_and_stats(model, batch)[1]
+            if "gen_prompt_ids" in batch:
+                stats |= self._truth_stats(model, batch)
+        return stats
+
+    def _truth_stats(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict:
+        rows = [
+            ids[mask.bool()]
+            for ids, mask in zip(batch["gen_prompt_ids"], batch["gen_prompt_mask"], strict=True)
+        ]
+        answers = greedy_answers(
+            model, self.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens, pad_id=self.pad_id
+        )
+        prompts = [self.tokenizer.decode(ids.tolist(), skip_special_tokens=True) for ids in rows]
+        return self.truth.stats(prompts, answers)
 
     def _loss_and_stats(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
@@ -210,7 +233,18 @@ class DPOTask:
             "rewards/accuracy": 100.0 * stats.get("correct", 0.0) / units,
             "logps/chosen": stats.get("logp_chosen_sum", 0.0) / units,
             "logps/rejected": stats.get("logp_rejected_sum", 0.0) / units,
-        }
+        } | summarize_truth(stats)
+
+
+def _truth_eval(cfg: Any) -> TruthEval | None:
+    if not cfg.eval_generate:
+        return None
+    if not cfg.eval_score_fn:
+        raise ConfigError(
+            "task=dpo with task.eval_generate=true scores the generated answers with "
+            "task.eval_score_fn=<module>:<function> (e.g. bigft.demo.truth:score); it is unset"
+        )
+    return TruthEval(str(cfg.eval_score_fn))
 
 
 def sequence_logps(

@@ -88,6 +88,10 @@ SUBSTITUTIONS = {
     # few held-out rankings.
     r"^(bigft-train experiment=demo_reward\b.*)$": r"\1 model=local model.path={tiny_llama} "
     "data.max_eval_examples=4",
+    # The demo's DPO: the tiny Llama instead of the merged demo SFT model, few held-out prompts.
+    r"\brun=outputs/demo-lora-sft\b": "run={run}",
+    r"^(bigft-train experiment=demo_dpo\b.*)$": r"\1 model=local model.path={tiny_llama} "
+    "data.max_eval_examples=4 task.max_new_tokens=4",
     # Later overrides win in Hydra: one step, tiny sizes, outputs in the test's directory.
     r"^(bigft-train .*)$": r"\1 " + ONE_STEP,
     r"\blauncher=slurm\b": "launcher=slurm launcher.dry_run=true",

@@ -152,12 +152,8 @@ def load_tokenizer(model_cfg: Any) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-# Where configs keep their number of positions (Llama and most: the first; GPT-2: the second).
-POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
-
-
-def check_max_length(model_cfg: Any, max_length: int) -> None:
-    """Refuse a task.max_length longer than the model's positions, before any weights load."""
+def model_config(model_cfg: Any) -> tuple[str, Any]:
+    """model.path resolved (for from_pretrained) and its transformers config."""
     source = resolve_source(model_cfg.path, key="model.path")
     config = _hub_call(
         source,
@@ -167,6 +163,16 @@ def check_max_length(model_cfg: Any, max_length: int) -> None:
         revision=model_cfg.revision,
         trust_remote_code=bool(model_cfg.trust_remote_code),
     )
+    return source, config
+
+
+# Where configs keep their number of positions (Llama and most: the first; GPT-2: the second).
+POSITION_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def check_max_length(model_cfg: Any, max_length: int) -> None:
+    """Refuse a task.max_length longer than the model's positions, before any weights load."""
+    source, config = model_config(model_cfg)
     found = [(k, getattr(config, k, None)) for k in POSITION_KEYS]
     found = [(k, n) for k, n in found if isinstance(n, int)]
     if found and max_length > found[0][1]:
@@ -285,23 +291,14 @@ def load_model(
     loads on the CPU and leaves placement to the caller. `dtype` is what trainer.precision
     loads in (bigft.config.precision.load_dtype): fp32 for precision=fp32, bf16 for bf16-true.
     """
-    source = resolve_source(model_cfg.path, key="model.path")
-    dtype = torch_dtype(dtype or model_cfg.dtype)
+    # Fetch the config first: a bad hub id fails here, in a second, not after a download starts.
+    source, config = model_config(model_cfg)
     kwargs: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": bool(model_cfg.trust_remote_code),
-        "dtype": dtype,
+        "dtype": torch_dtype(dtype or model_cfg.dtype),
         "attn_implementation": model_cfg.attn_implementation,
     }
-    # Fetch the config first: a bad hub id fails here, in a second, not after a download starts.
-    config = _hub_call(
-        source,
-        "model",
-        AutoConfig.from_pretrained,
-        source,
-        revision=model_cfg.revision,
-        trust_remote_code=kwargs["trust_remote_code"],
-    )
     if head == "sequence_classification":
         config.num_labels = num_labels or 1
         # The classifier pools the last non-pad token; it finds it through pad_token_id.

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny tokenizer and tiny Llama built locally (never downloaded)."""
+"""Shared fixtures: a tiny tokenizer and tiny Llama built locally (never downloaded), and what
+transformers prints."""
 
 from __future__ import annotations
 
@@ -33,3 +34,24 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     from bigft.models.toy import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer)
+
+
+@pytest.fixture
+def transformers_printed():
+    """What transformers' own log handler is handed, i.e. prints (however pytest captures); its
+    once-only warnings are reset so that an earlier test cannot have used them up."""
+    import logging
+
+    import transformers
+
+    transformers.utils.logging.warning_once.cache_clear()
+    printed: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            printed.append(record.getMessage())
+
+    keep = Keep()
+    logging.getLogger("transformers").addHandler(keep)
+    yield printed
+    logging.getLogger("transformers").removeHandler(keep)

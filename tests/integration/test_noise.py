@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
-import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from bigft.config import compose_config
 from bigft.train import train
 
 from .runs import train_overrides
-
-
-@pytest.fixture
-def transformers_printed():
-    """What transformers' own log handler is handed, i.e. prints; its once-only warnings are
-    reset so that an earlier test cannot have used them up."""
-    transformers.utils.logging.warning_once.cache_clear()
-    printed: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            printed.append(record.getMessage())
-
-    keep = Keep()
-    logging.getLogger("transformers").addHandler(keep)
-    yield printed
-    logging.getLogger("transformers").removeHandler(keep)
 
 
 @pytest.fixture

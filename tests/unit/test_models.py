@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -156,21 +154,6 @@ def test_local_directory_without_weights_is_a_config_error(tmp_path, tiny_llama_
     cfg = model_cfg(tmp_path, tokenizer=str(tiny_llama_dir))
     with pytest.raises(ConfigError, match="cannot load model from"):
         load_model(cfg, method_cfg("full"), "causal_lm", None, load_tokenizer(cfg))
-
-
-@pytest.fixture
-def transformers_printed():
-    """What transformers' own log handler is handed, i.e. prints (however pytest captures)."""
-    printed: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            printed.append(record.getMessage())
-
-    keep = Keep()
-    logging.getLogger("transformers").addHandler(keep)
-    yield printed
-    logging.getLogger("transformers").removeHandler(keep)
 
 
 def test_a_new_head_is_one_log_line_not_transformers_load_report(

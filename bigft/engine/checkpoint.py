@@ -58,7 +58,8 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return run_dir / "checkpoints"
 
 
-def _step_of(name: str) -> int | None:
+def step_of(name: str) -> int | None:
+    """The step of a checkpoint directory's name (finished or mid-swap); None for other names."""
     for prefix in _PREFERENCE:
         if name.startswith(prefix) and name[len(prefix) :].isdigit():
             return int(name[len(prefix) :])
@@ -112,7 +113,7 @@ def _scan(root: Path) -> Scan:
         return scan
     by_step: dict[int, list[Path]] = {}
     for path in root.iterdir():
-        step = _step_of(path.name)
+        step = step_of(path.name)
         if step is not None and path.is_dir():
             by_step.setdefault(step, []).append(path)
     for step in sorted(by_step):

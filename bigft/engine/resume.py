@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigft.engine.checkpoint import incomplete_reason, read_state, scan_checkpoints
+from bigft.engine.checkpoint import incomplete_reason, read_state, scan_checkpoints, step_of
 from bigft.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,9 @@ def _newest_complete(run_dir: Path, report: bool) -> tuple[Path | None, list[Pat
     """The newest complete checkpoint (and all complete ones), saying which newer were skipped."""
     scan = scan_checkpoints(run_dir)
     found = scan.complete[-1] if scan.complete else None
-    newest_step = int(found.name.rsplit("_", 1)[1]) if found else -1
+    newest_step = step_of(found.name) if found else -1
     for path, why in scan.skipped:
-        if report and int(path.name.rsplit("_", 1)[1]) > newest_step:
+        if report and step_of(path.name) > newest_step:
             log.warning("skipping checkpoint %s: %s", path, why)
     if report and scan.skipped and found is None:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)

@@ -229,14 +229,16 @@ def _swap_into_place(tmp: Path, final: Path, old: Path, step: int) -> None:
 def _settle(root: Path) -> None:
     """Finish what a kill left half done: a complete copy under a temporary name takes the
     step's name (replacing an incomplete one), then the leftovers go."""
+    leftovers = [p for p in root.iterdir() if p.name.startswith((TMP_PREFIX, OLD_PREFIX))]
+    if not leftovers:
+        return  # the usual case: no manifest need be read before every save
     for path in _scan(root).complete:
         if not path.name.startswith(STEP_PREFIX):
             final = root / path.name[path.name.index(STEP_PREFIX) :]
             shutil.rmtree(final, ignore_errors=True)  # incomplete, or it would have won
             path.rename(final)
-    for path in root.iterdir():
-        if path.name.startswith((TMP_PREFIX, OLD_PREFIX)):
-            shutil.rmtree(path, ignore_errors=True)
+    for path in leftovers:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _prune(root: Path, keep_last: int) -> None:

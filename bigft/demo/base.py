@@ -118,11 +118,10 @@ def _publish(built: Path, path: Path) -> None:
         log.info("%s was built by another process meanwhile; using that one", path)
 
 
-# What a parent process passes down that would change what the pre-training run does: rank
-# variables (the build runs as one process) and fault injection meant for the parent's run.
 # A child stopped by Ctrl-C (130) or SIGTERM (143) after writing a checkpoint.
 STOPPED_BY_SIGNAL = (130, 143)
-
+# What a parent process passes down that would change what the pre-training run does: rank
+# variables (the build runs as one process) and fault injection meant for the parent's run.
 _NOT_INHERITED = (
     "RANK",
     "LOCAL_RANK",

@@ -148,7 +148,7 @@ class StochasticRoundingAdamW(torch.optim.Optimizer):
         exp_avg_sq = state["exp_avg_sq"].float().mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
         del grad  # the fp32 temporaries of one tensor at a time are the step's only overhead
         weight = param.float().mul_(1 - lr * wd)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+        denom = exp_avg_sq.sqrt().div_(math.sqrt(1 - beta2**step)).add_(eps)
         weight.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
         del denom
         _store(param, weight)

@@ -52,4 +52,6 @@ def test_wheel_ships_conf_and_demo_data_and_composes_outside_the_repo(tmp_path):
         text=True,
     )
     assert job.returncode == 0, job.stderr
-    assert "name: reward" in job.stdout or "reward" in job.stdout
+    # The overrides took effect in the shipped configs ("reward" alone is also a top-level key).
+    assert "\ntask:\n  name: reward\n" in job.stdout
+    assert "\nmethod:\n  name: lora\n" in job.stdout

@@ -13,6 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from bigft.config.precision import RESOLVED
+
 
 class _Choice(str, Enum):
     """A string enum that prints as its value (so `${method.name}` interpolates to "lora")."""
@@ -66,9 +68,7 @@ class DType(_Choice):
 
 
 # Hyphenated names, as users type them (trainer.precision=bf16-mixed): bigft/config/precision.py
-Precision = _Choice(
-    "Precision", {n: n for n in ("auto", "fp32", "bf16-mixed", "fp16-mixed", "bf16-true")}
-)
+Precision = _Choice("Precision", {n: n for n in ("auto", *RESOLVED)})
 Bf16Update = _Choice("Bf16Update", {n: n for n in ("auto", "stochastic", "kahan", "none")})
 
 

@@ -78,17 +78,16 @@ def _check_global_batch(
         )
 
 
-def _newest_complete(run_dir: Path, report: bool) -> tuple[Path | None, list[Path]]:
-    """The newest complete checkpoint (and all complete ones), saying which newer were skipped."""
+def _complete_checkpoints(run_dir: Path, report: bool) -> list[Path]:
+    """The complete checkpoints, oldest first, saying which newer ones were skipped."""
     scan = scan_checkpoints(run_dir)
-    found = scan.complete[-1] if scan.complete else None
-    newest_step = step_of(found.name) if found else -1
+    newest_step = step_of(scan.complete[-1].name) if scan.complete else -1
     for path, why in scan.skipped:
         if report and step_of(path.name) > newest_step:
             log.warning("skipping checkpoint %s: %s", path, why)
-    if report and scan.skipped and found is None:
+    if report and scan.skipped and not scan.complete:
         log.warning("no complete checkpoint in %s: starting from step 0", run_dir)
-    return found, scan.complete
+    return scan.complete
 
 
 def resume_point(
@@ -104,7 +103,7 @@ def resume_point(
         if why is not None:
             raise CheckpointError(f"trainer.resume={resume} is not a complete checkpoint: {why}")
         return Path(resume)
-    found, existing = _newest_complete(run_dir, report)
+    existing = _complete_checkpoints(run_dir, report)
     if resume == "never":
         if existing:
             raise ConfigError(
@@ -112,6 +111,7 @@ def resume_point(
                 "trainer.resume=auto, start a new run with name=<new name>, or delete it"
             )
         return None
+    found = existing[-1] if existing else None
     if found and (run_dir / CONFIG_FILE).is_file():
         saved_cfg = OmegaConf.load(run_dir / CONFIG_FILE)
         changes = config_changes(saved_cfg, cfg)

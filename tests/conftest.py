@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny tokenizer and tiny Llama built locally (never downloaded), and what
-transformers prints."""
+"""Shared fixtures: a tiny tokenizer and tiny Llama (also saved in bf16) built locally (never
+downloaded), and what transformers prints."""
 
 from __future__ import annotations
 
@@ -34,6 +34,20 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer):
     from bigft.models.toy import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def bf16_llama_dir(tiny_llama_dir, tmp_path_factory):
+    """The tiny Llama saved in bf16, as hub checkpoints are."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_llama_bf16")
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
+    model.save_pretrained(out)
+    for tokenizer_file in tiny_llama_dir.glob("tokenizer*"):
+        (out / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
+    return out
 
 
 @pytest.fixture

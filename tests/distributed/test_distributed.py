@@ -300,7 +300,7 @@ def test_dpo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, method, m
 
 
 def test_zero2_with_the_default_precision_moves_every_master_weight_of_a_bf16_checkpoint(
-    tmp_path, tiny_llama_dir
+    tmp_path, bf16_llama_dir
 ):
     """trainer.precision=auto from a bf16 checkpoint under ZeRO-2 is DeepSpeed's bf16 mode: the
     optimizer's fp32 master weights take every update at lr 2e-4, norms included (the bf16
@@ -308,19 +308,13 @@ def test_zero2_with_the_default_precision_moves_every_master_weight_of_a_bf16_ch
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from safetensors.torch import load_file
 
-    bf16_dir = tmp_path / "bf16"
-    AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16).save_pretrained(
-        bf16_dir
-    )
-    for tokenizer_file in tiny_llama_dir.glob("tokenizer*"):
-        (bf16_dir / tokenizer_file.name).write_bytes(tokenizer_file.read_bytes())
     small = ["model.dtype=bf16", "optim.lr=2e-4", "optim.scheduler=constant", "name=bf16"]
-    result = run_ranks(config(tmp_path, bf16_dir, "full", "zero2", *small))
+    result = run_ranks(config(tmp_path, bf16_llama_dir, "full", "zero2", *small))
     ok(result)
     assert "trainer.precision=bf16-mixed (from auto)" in result.stdout
     checkpoint = latest_checkpoint(tmp_path / "outputs" / "bf16")
     masters = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint), tag="deepspeed")
-    base = load_file(str(bf16_dir / "model.safetensors"))
+    base = load_file(str(bf16_llama_dir / "model.safetensors"))
     assert {t.dtype for t in masters.values()} == {torch.float32}
     assert any("norm" in name for name in base)
     unchanged = [n for n, t in base.items() if torch.equal(masters[n], t.float())]

@@ -5,12 +5,10 @@ updates unless optim.bf16_update rescues them, and says so at start-up."""
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
 
 from bigft.config import compose_config
 from bigft.train import train
@@ -20,18 +18,6 @@ from .runs import train_overrides
 # Adam's first steps move each weight by about lr: 2e-4 is far below the 2^-8 (0.0039) that a
 # bf16 weight near 1.0 (every RMSNorm scale) needs to reach its next representable value.
 SMALL_STEPS = ["optim.lr=2e-4", "optim.scheduler=constant", "trainer.max_steps=3"]
-
-
-@pytest.fixture(scope="module")
-def bf16_llama_dir(tiny_llama_dir, tmp_path_factory):
-    """The tiny Llama saved in bf16, as hub checkpoints are."""
-    out = tmp_path_factory.mktemp("tiny_llama_bf16")
-    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, dtype=torch.bfloat16)
-    model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (tiny_llama_dir / name).exists():
-            shutil.copy(tiny_llama_dir / name, out / name)
-    return out
 
 
 def _weights(model_dir) -> dict[str, torch.Tensor]:

@@ -85,8 +85,8 @@ SUBSTITUTIONS = {
     r"\brun=outputs/demo-sft-40\b": "run={out}/demo-sft-40",
     r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
     # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
-    # source): rule rewards in its place.
-    r"\breward\.model=\S+": "reward.fn=tests.integration.rl_rewards:letters",
+    # source): rule rewards in its place; the key itself stays, so a renamed key still fails.
+    r"\breward\.model=\S+": "reward.model=null reward.fn=tests.integration.rl_rewards:letters",
     r"\breward\.eval_fn=my_checks:score\b": "reward.eval_fn=tests.integration.rl_rewards:printable",
     # External launchers of N ranks run what `bigft-train launcher.nproc_per_node=N` runs.
     r"^torchrun\b.*?--nproc_per_node[ =](\d+).*?-m bigft\.train\b": NPROC,

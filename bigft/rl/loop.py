@@ -233,10 +233,8 @@ class RLLoop(Loop):
             applied += stats.pop("applied")
             _add(totals, stats)
         train_seconds = time.perf_counter() - train_started
-        asked = float(self.stop is not None and self.stop.requested)
         seconds = {"gen_seconds": totals.pop("gen_seconds"), "train_seconds": train_seconds}
-        totals = sum_across_ranks(dict(sorted({**totals, "__stop": asked}.items())))
-        self.stop_agreed = totals.pop("__stop") > 0
+        totals = self.sum_step_stats(dict(sorted(totals.items())))
         finite = applied == len(norms) and all(map(_finite, norms))
         if finite:
             self.scheduler.step()

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from bigft.errors import ConfigError
 from bigft.rl.reward_model import RewardModelScorer
 from bigft.rl.rewards import FunctionReward, RewardSum
+from bigft.tasks.dpo import peft_model_of
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -50,12 +51,6 @@ def build_rewards(cfg: DictConfig, device: torch.device) -> RewardSum:
     return RewardSum(sources)
 
 
-def peft_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    while not hasattr(model, "disable_adapter") and hasattr(model, "module"):
-        model = model.module
-    return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
-
-
 def reference_context(
     method: str, policy: torch.nn.Module, kl_coef: float
 ) -> ReferenceContext | None:
@@ -66,10 +61,10 @@ def reference_context(
     if kl_coef == 0:
         return None
     if method in ("lora", "qlora"):
+        model = peft_model_of(policy)
 
         @contextlib.contextmanager
         def disabled() -> Iterator[torch.nn.Module]:
-            model = peft_model(policy)
             with model.disable_adapter():
                 yield model
 

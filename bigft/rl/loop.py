@@ -12,6 +12,7 @@ rides in the checkpoint's JSON state (`LoopState.rl`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -235,7 +236,7 @@ class RLLoop(Loop):
         train_seconds = time.perf_counter() - train_started
         seconds = {"gen_seconds": totals.pop("gen_seconds"), "train_seconds": train_seconds}
         totals = self.sum_step_stats(dict(sorted(totals.items())))
-        finite = applied == len(norms) and all(map(_finite, norms))
+        finite = applied == len(norms) and all(map(math.isfinite, norms))
         if finite:
             self.scheduler.step()
         self.record_step_health(finite, step)
@@ -348,7 +349,3 @@ def _first_pass_stats(
 def _add(into: dict[str, float], values: dict[str, float]) -> None:
     for key, value in values.items():
         into[key] = into.get(key, 0.0) + float(value)
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")

@@ -31,6 +31,7 @@ from bigft.rl.advantages import (
 from bigft.rl.kl_control import kl_controller
 from bigft.rl.losses import kl_estimate, kl_loss, ppo_policy_loss, token_entropy, token_logprobs
 from bigft.rl.rewards import (
+    RewardScores,
     RewardSum,
     apply_missing_eos_penalty,
     reward_stats,
@@ -300,26 +301,17 @@ class RLLoop(Loop):
         )
         for indices, counted in shares:
             examples = [self.eval_examples[i] for i in indices]
-            # Under ZeRO-3 every rollout gathers the weights (a collective): uncounted batches
-            # are generated too, so that all ranks make the same number of rollouts.
+            # An uncounted batch (this rank's turn had none left) is rolled out and scored too,
+            # counting 0, as Loop.evaluate does: every rank makes the same rollouts (collectives
+            # under ZeRO-3) and holds the same keys for the sum across ranks.
             rollout = self.rollout([e["prompt_ids"] for e in examples], None, greedy=True)
-            if not counted:
-                continue
             scores, responses = self.score(examples, rollout)
-            _add(stats, reward_stats(scores))
-            _add(stats, {"response_tokens": float(rollout.response_mask.sum())})
-            _add(stats, {"ended": float(rollout.ended_with_eos.sum())})
-            for j, (e, text) in enumerate(zip(examples, responses, strict=True)):
-                if len(rows) < SAMPLE_ROWS:
-                    per = {k: float(v[j]) for k, v in scores.per_source.items()}
-                    rows.append(
-                        {
-                            "prompt": e["prompt"],
-                            "response": text,
-                            "reward": float(scores.total[j]),
-                            **per,
-                        }
-                    )
+            batch = reward_stats(scores)
+            batch["response_tokens"] = float(rollout.response_mask.sum())
+            batch["ended"] = float(rollout.ended_with_eos.sum())
+            _add(stats, {k: v if counted else 0.0 for k, v in batch.items()})
+            if counted:
+                rows += _sample_rows(examples, responses, scores)[: SAMPLE_ROWS - len(rows)]
         self.engine.forward_model.train()
         stats = sum_across_ranks(dict(sorted(stats.items())))
         n = max(stats["samples"], 1.0)
@@ -330,6 +322,21 @@ class RLLoop(Loop):
             write_samples(self.run_dir, self.state.step, rows)
             self.tracker.table("samples", rows, step=self.state.step)
         return metrics
+
+
+def _sample_rows(
+    examples: list[dict], responses: list[str], scores: RewardScores
+) -> list[dict[str, Any]]:
+    """One row per response for samples.jsonl and the W&B table: its reward, every source's."""
+    return [
+        {
+            "prompt": e["prompt"],
+            "response": text,
+            "reward": float(scores.total[j]),
+            **{k: float(v[j]) for k, v in scores.per_source.items()},
+        }
+        for j, (e, text) in enumerate(zip(examples, responses, strict=True))
+    ]
 
 
 def _first_pass_stats(

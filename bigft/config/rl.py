@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from bigft.config.validate import _require
 from bigft.errors import ConfigError
+
+
+def _require(ok: bool, key: str, value: object, expected: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: expected {expected}")
 
 
 def validate_rl(cfg: DictConfig) -> None:

@@ -134,14 +134,8 @@ class Loop:
             for key, value in out.stats.items():
                 stats[key] = stats.get(key, 0.0) + float(value)
         applied, grad_norm = self.engine.step()
-        # The stop and wall-clock checkpoint flags ride on this reduction: every rank learns at
-        # the same step whether any rank wants one, without a collective of their own.
-        asked = float(self.stop is not None and self.stop.requested)
-        flags = {"__loss": float(loss), "__stop": asked, "__save": float(self.save_time_due())}
-        stats = sum_across_ranks({**stats, **flags})
+        stats = self.sum_step_stats({**stats, "__loss": float(loss)})
         loss_value = stats.pop("__loss")
-        self.stop_agreed = stats.pop("__stop") > 0
-        self.save_time_agreed = stats.pop("__save") > 0
         finite = applied and math.isfinite(loss_value)
         if finite:
             self.scheduler.step()
@@ -157,6 +151,19 @@ class Loop:
         }
         metrics.update({f"train/{k}": v for k, v in self.task.summarize(stats).items()})
         return metrics
+
+    def sum_step_stats(self, stats: dict[str, float]) -> dict[str, float]:
+        """A step's `stats` summed across ranks, agreeing on the stop and wall-clock flags.
+
+        The flags ride on this reduction: every rank learns at the same step whether any rank
+        wants a checkpoint or a stop, without a collective of their own.
+        """
+        asked = float(self.stop is not None and self.stop.requested)
+        flags = {"__stop": asked, "__save": float(self.save_time_due())}
+        totals = sum_across_ranks({**stats, **flags})
+        self.stop_agreed = totals.pop("__stop") > 0
+        self.save_time_agreed = totals.pop("__save") > 0
+        return totals
 
     def record_step_health(self, finite: bool, step: int) -> None:
         if finite:

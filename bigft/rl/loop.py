@@ -12,6 +12,7 @@ rides in the checkpoint's JSON state (`LoopState.rl`).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,7 @@ from bigft.rl.advantages import (
 from bigft.rl.kl_control import kl_controller
 from bigft.rl.losses import kl_estimate, kl_loss, ppo_policy_loss, token_entropy, token_logprobs
 from bigft.rl.rewards import (
+    RewardScores,
     RewardSum,
     apply_missing_eos_penalty,
     reward_stats,
@@ -233,11 +235,9 @@ class RLLoop(Loop):
             applied += stats.pop("applied")
             _add(totals, stats)
         train_seconds = time.perf_counter() - train_started
-        asked = float(self.stop is not None and self.stop.requested)
         seconds = {"gen_seconds": totals.pop("gen_seconds"), "train_seconds": train_seconds}
-        totals = sum_across_ranks(dict(sorted({**totals, "__stop": asked}.items())))
-        self.stop_agreed = totals.pop("__stop") > 0
-        finite = applied == len(norms) and all(map(_finite, norms))
+        totals = self.sum_step_stats(dict(sorted(totals.items())))
+        finite = applied == len(norms) and all(map(math.isfinite, norms))
         if finite:
             self.scheduler.step()
         self.record_step_health(finite, step)
@@ -301,26 +301,17 @@ class RLLoop(Loop):
         )
         for indices, counted in shares:
             examples = [self.eval_examples[i] for i in indices]
-            # Under ZeRO-3 every rollout gathers the weights (a collective): uncounted batches
-            # are generated too, so that all ranks make the same number of rollouts.
+            # An uncounted batch (this rank's turn had none left) is rolled out and scored too,
+            # counting 0, as Loop.evaluate does: every rank makes the same rollouts (collectives
+            # under ZeRO-3) and holds the same keys for the sum across ranks.
             rollout = self.rollout([e["prompt_ids"] for e in examples], None, greedy=True)
-            if not counted:
-                continue
             scores, responses = self.score(examples, rollout)
-            _add(stats, reward_stats(scores))
-            _add(stats, {"response_tokens": float(rollout.response_mask.sum())})
-            _add(stats, {"ended": float(rollout.ended_with_eos.sum())})
-            for j, (e, text) in enumerate(zip(examples, responses, strict=True)):
-                if len(rows) < SAMPLE_ROWS:
-                    per = {k: float(v[j]) for k, v in scores.per_source.items()}
-                    rows.append(
-                        {
-                            "prompt": e["prompt"],
-                            "response": text,
-                            "reward": float(scores.total[j]),
-                            **per,
-                        }
-                    )
+            batch = reward_stats(scores)
+            batch["response_tokens"] = float(rollout.response_mask.sum())
+            batch["ended"] = float(rollout.ended_with_eos.sum())
+            _add(stats, {k: v if counted else 0.0 for k, v in batch.items()})
+            if counted:
+                rows += _sample_rows(examples, responses, scores)[: SAMPLE_ROWS - len(rows)]
         self.engine.forward_model.train()
         stats = sum_across_ranks(dict(sorted(stats.items())))
         n = max(stats["samples"], 1.0)
@@ -331,6 +322,21 @@ class RLLoop(Loop):
             write_samples(self.run_dir, self.state.step, rows)
             self.tracker.table("samples", rows, step=self.state.step)
         return metrics
+
+
+def _sample_rows(
+    examples: list[dict], responses: list[str], scores: RewardScores
+) -> list[dict[str, Any]]:
+    """One row per response for samples.jsonl and the W&B table: its reward, every source's."""
+    return [
+        {
+            "prompt": e["prompt"],
+            "response": text,
+            "reward": float(scores.total[j]),
+            **{k: float(v[j]) for k, v in scores.per_source.items()},
+        }
+        for j, (e, text) in enumerate(zip(examples, responses, strict=True))
+    ]
 
 
 def _first_pass_stats(
@@ -350,7 +356,3 @@ def _first_pass_stats(
 def _add(into: dict[str, float], values: dict[str, float]) -> None:
     for key, value in values.items():
         into[key] = into.get(key, 0.0) + float(value)
-
-
-def _finite(x: float) -> bool:
-    return x == x and abs(x) != float("inf")

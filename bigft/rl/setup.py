@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from bigft.errors import ConfigError
 from bigft.rl.reward_model import RewardModelScorer
 from bigft.rl.rewards import FunctionReward, RewardSum
+from bigft.tasks.dpo import peft_model_of
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -42,18 +42,8 @@ def build_rewards(cfg: DictConfig, device: torch.device) -> RewardSum:
         sources.append((scorer, float(r.model_weight), False))
     if r.eval_fn:
         sources.append((FunctionReward(str(r.eval_fn), name="eval_fn"), 1.0, True))
-    if not any(not eval_only for _, _, eval_only in sources):
-        raise ConfigError(
-            f"task={cfg.task.name} needs a reward: set reward.fn=<module>:<function> or "
-            "reward.model=<a reward run directory> (reward.eval_fn is only reported)"
-        )
+    # Start-up validation (config/rl.py) has refused a config with no reward to train on.
     return RewardSum(sources)
-
-
-def peft_model(model: torch.nn.Module) -> torch.nn.Module | None:
-    while not hasattr(model, "disable_adapter") and hasattr(model, "module"):
-        model = model.module
-    return model if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") else None
 
 
 def reference_context(
@@ -66,10 +56,10 @@ def reference_context(
     if kl_coef == 0:
         return None
     if method in ("lora", "qlora"):
+        model = peft_model_of(policy)
 
         @contextlib.contextmanager
         def disabled() -> Iterator[torch.nn.Module]:
-            model = peft_model(policy)
             with model.disable_adapter():
                 yield model
 

@@ -63,12 +63,7 @@ class GRPOTask:
         return [t for seg, _ in segments for t in seg] + _tokens(self.tokenizer, "<|assistant|>\n")
 
     def collate(self, examples: list[dict]) -> dict[str, Any]:
-        tokens = sum(len(e["prompt_ids"]) for e in examples)
-        return {
-            "examples": examples,
-            "num_units": torch.tensor(len(examples)),
-            "num_tokens": torch.tensor(tokens),
-        }
+        raise NotImplementedError("task=grpo rolls out its prompts in bigft/rl/loop.py")
 
     def loss(self, model: torch.nn.Module, batch: dict[str, Any]) -> LossOutput:
         raise NotImplementedError("task=grpo trains through bigft/rl/loop.py, not Task.loss")

@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from tests.unit.test_rl_rollout import EOSAt
+
 pytestmark = pytest.mark.distributed
 
 TEXTS = ["Reverse the word cat.", "The quick brown fox", "Positive reviews say", "Numbers: 0 1"]
@@ -27,22 +29,6 @@ DS_CONFIG = {
     "zero_allow_untested_optimizer": True,
 }
 GATHER_FUNCTIONS = ("allgather_fn", "all_gather_into_tensor", "all_gather")
-
-
-class EOSAt:
-    """lm_head hook: row r emits EOS at decoding call `steps[r]`; other rows never do."""
-
-    def __init__(self, eos: int, steps: dict[int, int]) -> None:
-        self.eos, self.steps, self.calls = eos, steps, 0
-
-    def __call__(self, module, inputs, logits):
-        logits = logits.clone()
-        logits[:, -1, self.eos] = -1e9
-        for row, step in self.steps.items():
-            if self.calls == step:
-                logits[row, -1, self.eos] = 1e9
-        self.calls += 1
-        return logits
 
 
 def _count_gathers(ds_comm) -> dict[str, int]:

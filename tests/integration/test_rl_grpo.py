@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bigft.engine.checkpoint import list_checkpoints
 from bigft.engine.loop import Faults
 from bigft.errors import ConfigError
 from bigft.train import train
@@ -76,6 +77,16 @@ def test_grpo_resume_reproduces_the_uninterrupted_run(make_cfg):
         assert resumed[step][1] == pytest.approx(loss, rel=1e-5, abs=1e-7), step
     coefs = [m.get("train/kl_coef") for m in read_metrics(Path(broken.output_dir))]
     assert coefs[-2] != pytest.approx(0.04, rel=0.05)  # β adapted, and came back on resume
+
+
+def test_grpo_checkpoints_every_few_minutes(make_cfg):
+    # A few milliseconds: every step of a slowed run is past the interval.
+    cfg = make_cfg(
+        "grpo", "lora", REWARD, *FAST, "trainer.max_steps=3", "trainer.save_every_minutes=0.0001"
+    )
+    train(cfg, faults=Faults(slow_step_seconds=0.05))
+    # keep_last=2 pruned step 1's; step 2's was written by time, step 3's at the end.
+    assert [p.name[-1] for p in list_checkpoints(Path(cfg.output_dir))] == ["2", "3"]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,9 @@ DS_PREFETCH_BUCKET = 50_000_000
 DS_REDUCE_BUCKET = 500_000_000
 DS_SUB_GROUP = 1_000_000_000
 
+# What one example of a task that forwards several sequences per example is, in its words.
+EXAMPLE_UNITS = {"dpo": "pair", "reward": "ranking", "grpo": "prompt"}
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -40,6 +43,9 @@ class Setup:
     # Sequences one example puts through the model: a reward ranking of K responses is K (one
     # forward per response); K is task.max_responses, or 2 (a pair) when that is unset.
     sequences_per_example: int = 1
+    # What such an example is, as the plan names it: "pair" (dpo), "ranking" (reward), "prompt"
+    # (grpo); the task's own word, so the plan's step line says what a micro-batch holds.
+    example_unit: str = "example"
     # Whether sequences_per_example was assumed rather than configured (reward without
     # task.max_responses): the plan then says so.
     sequences_assumed: bool = False
@@ -129,6 +135,7 @@ def setup_from_config(cfg: Any) -> Setup:
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
         sequences_per_example=_sequences_per_example(cfg),
+        example_unit=EXAMPLE_UNITS.get(task, "example"),
         sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
         reference=reference_source(cfg),
         rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)

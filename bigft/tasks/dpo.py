@@ -28,10 +28,11 @@ from bigft.data.templates import (
     uses_chat_template,
 )
 from bigft.errors import ConfigError, DataError
+from bigft.models.decode import greedy_answers
 from bigft.tasks.base import LossOutput, ModelHead, forward_logits, loss_stats, pad_token_id
 from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss, simpo_rewards
 from bigft.tasks.reward import ranked_responses
-from bigft.tasks.truth_eval import TruthEval, greedy_answers, summarize_truth
+from bigft.tasks.truth_eval import TruthEval, summarize_truth
 
 # The batch key of precomputed reference log-probabilities: [chosen rows..., rejected rows...].
 REFERENCE_KEY = "reference_logps"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from bigft.data.collate import IGNORE_INDEX, attention_mask, collate_sequences, pad_left, pad_right
+from bigft.data.preferences import ranked_responses
 from bigft.data.readers import Record
 from bigft.data.templates import (
     ROLES,
@@ -31,7 +32,6 @@ from bigft.errors import ConfigError, DataError
 from bigft.models.decode import greedy_answers
 from bigft.tasks.base import LossOutput, ModelHead, forward_logits, loss_stats, pad_token_id
 from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss, simpo_rewards
-from bigft.tasks.reward import ranked_responses
 from bigft.tasks.truth_eval import TruthEval, summarize_truth
 
 # The batch key of precomputed reference log-probabilities: [chosen rows..., rejected rows...].

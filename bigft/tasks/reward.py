@@ -24,7 +24,6 @@ from bigft.data.collate import collate_sequences
 from bigft.data.preferences import (
     FORMATS,
     Agreement,
-    consensus_order,
     preference_rankings,
     read_judged,
 )
@@ -162,14 +161,6 @@ class RewardTask:
             "accuracy": 100.0 * stats.get("correct", 0.0) / pairs,
             "margin": stats.get("margin_sum", 0.0) / pairs,
         }
-
-
-def ranked_responses(record: Record) -> list[str]:
-    """The record's responses, best first: `responses`, [chosen, rejected], or for records with
-    `rankings` / `scores` the reviewers' consensus (Borda) order. Ties keep the record's order;
-    use bigft.data.preferences.preference_rankings for pairs that leave ties out."""
-    judged = read_judged(record)
-    return [judged.responses[i] for i in consensus_order(judged)]
 
 
 def ranking_loss_sum(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -168,12 +168,6 @@ def ranking_loss_sum(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     return (weight * -F.logsigmoid(margin)).sum()
 
 
-def pair_loss_sum(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """The unweighted sum over pairs scored side by side (as bigft did before one forward per
-    response; benchmarks/reward_forwards.py compares the two)."""
-    return -F.logsigmoid(chosen - rejected).sum()
-
-
 def pair_stats(margin: torch.Tensor) -> dict[str, float]:
     margin = margin.detach()
     return {

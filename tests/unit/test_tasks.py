@@ -20,10 +20,6 @@ from bigft.tasks.classify import macro_f1
 from bigft.tasks.reward import ranking_loss_sum
 from bigft.tasks.sft import exact_matches
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 TEXTS = ["The quick brown fox.", "Numbers: 0 1 2 3 4 5 6.", "A reward model scores.", "cat"]
 
 
@@ -34,20 +30,6 @@ def cfg(name: str, **overrides) -> TaskConfig:
 
 def rec(source: str = "t.jsonl:1", **fields) -> Record:
     return Record(fields, source)
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tiny_llama_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
 
 
 def seq_classifier(path, num_labels: int):

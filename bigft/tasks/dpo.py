@@ -21,9 +21,8 @@ from bigft.data.readers import Record
 from bigft.data.templates import (
     ROLES,
     Segment,
-    eos_id,
+    instruction_segments,
     plain_chat_segments,
-    special_prefix,
     template_segments,
     text_field,
     uses_chat_template,
@@ -91,9 +90,7 @@ class DPOTask:
                 text = self.cfg.prompt_template.format_map({**record.fields, "instruction": prompt})
             except KeyError as err:
                 raise DataError(f"{record.source}: the prompt template needs field {err}") from None
-            prompt_ids = special_prefix(self.tokenizer) + _tokens(self.tokenizer, text)
-            eos = eos_id(self.tokenizer, "dpo without a chat template")
-            return [*prompt_ids, *_tokens(self.tokenizer, response), eos], len(prompt_ids)
+            return _last_response(instruction_segments(text, response, self.tokenizer, "dpo"))
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         messages = [*messages, {"role": "assistant", "content": response}]
         if self.templated:
@@ -302,7 +299,3 @@ def _last_response(segments: list[Segment]) -> tuple[list[int], int]:
     last = max(i for i, (_, trained) in enumerate(segments) if trained)
     ids = [token for seg, _ in segments[:last] for token in seg]
     return [*ids, *segments[last][0]], len(ids)
-
-
-def _tokens(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

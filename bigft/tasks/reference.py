@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
 from bigft.data.tokenize import cache_key, write_json
 from bigft.distributed import DistEnv
-from bigft.distributed.comm import active, sum_across_ranks
+from bigft.distributed.comm import sum_across_ranks, sum_tensor_across_ranks
 from bigft.tasks.dpo import REFERENCE_KEY, sequence_logps
 
 log = logging.getLogger(__name__)
@@ -116,15 +115,7 @@ def _score(
             if start + row < len(mine):
                 totals[index] = torch.stack([logps[row], logps[pairs + row]])
     model.train(was_training)
-    return _sum_over_ranks(totals).tolist()
-
-
-def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return tensor
-    on = tensor.cuda() if dist.get_backend() == "nccl" else tensor
-    dist.all_reduce(on)
-    return on.cpu()
+    return sum_tensor_across_ranks(totals).tolist()
 
 
 def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:

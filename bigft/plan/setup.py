@@ -19,9 +19,6 @@ DS_PREFETCH_BUCKET = 50_000_000
 DS_REDUCE_BUCKET = 500_000_000
 DS_SUB_GROUP = 1_000_000_000
 
-# What one example of a task that forwards several sequences per example is, in its words.
-EXAMPLE_UNITS = {"dpo": "pair", "reward": "ranking", "grpo": "prompt"}
-
 
 @dataclass(frozen=True)
 class Setup:
@@ -134,9 +131,7 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
-        sequences_per_example=_sequences_per_example(cfg),
-        example_unit=EXAMPLE_UNITS.get(task, "example"),
-        sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
+        **_example(cfg),
         reference=reference_source(cfg),
         rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)
         if task == "grpo"
@@ -160,14 +155,18 @@ def setup_from_config(cfg: Any) -> Setup:
     )
 
 
-def _sequences_per_example(cfg: Any) -> int:
-    """Sequences one example forwards: a reward ranking scores each of its K responses once,
-    a dpo pair both of its sides."""
-    if str(cfg.task.name) == "dpo":
-        return 2
-    if str(cfg.task.name) == "grpo":  # each prompt's responses, trained in one forward
-        return int(cfg.task.num_generations)
-    if str(cfg.task.name) != "reward":
-        return 1
-    k = cfg.task.get("max_responses")
-    return int(k) if k is not None else 2
+def _example(cfg: Any) -> dict[str, Any]:
+    """The Setup fields of what one example forwards, for tasks with several sequences each."""
+    task = str(cfg.task.name)
+    if task == "dpo":  # both sides of a pair
+        return {"sequences_per_example": 2, "example_unit": "pair"}
+    if task == "grpo":  # each prompt's responses, trained in one forward
+        return {"sequences_per_example": int(cfg.task.num_generations), "example_unit": "prompt"}
+    if task == "reward":  # each of a ranking's K responses scored once; a pair when K is unset
+        k = cfg.task.get("max_responses")
+        return {
+            "sequences_per_example": int(k) if k is not None else 2,
+            "example_unit": "ranking",
+            "sequences_assumed": k is None,
+        }
+    return {}

@@ -44,7 +44,7 @@ def tokenize_records(
         examples = task.encode(record)
         if not examples:
             data.dropped += 1
-        # Any example of a record (reward: each pair) being cut means the record was.
+        # Any example of a record (dpo: each pair of a ranking) being cut means the record was.
         if any([ex.pop("truncated", False) for ex in examples]):
             data.truncated += 1
         data.examples += examples

@@ -145,9 +145,7 @@ class RewardTask:
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         with torch.no_grad():
-            margin = self._margins(model, batch)
-            loss_sum = ranking_loss_sum(margin, batch["pair_weight"])
-        return loss_stats(loss_sum, batch) | pair_stats(margin)
+            return self.loss(model, batch).stats
 
     def _margins(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """r_better - r_worse for every pair of the batch, from one score per sequence."""

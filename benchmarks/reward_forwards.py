@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import transformers
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
@@ -48,7 +49,7 @@ from bigft.demo.make_data import SEED, make_creatures
 from bigft.demo.world import ATTRIBUTES, QUESTIONS
 from bigft.models.toy import build_tiny_llama, build_tokenizer
 from bigft.tasks.base import forward_logits
-from bigft.tasks.reward import RewardTask, pair_loss_sum
+from bigft.tasks.reward import RewardTask
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -89,7 +90,7 @@ def old_batch(group: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 def old_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     rewards = forward_logits(model, batch).squeeze(-1)
     half = rewards.shape[0] // 2
-    return pair_loss_sum(rewards[:half], rewards[half:])
+    return -F.logsigmoid(rewards[:half] - rewards[half:]).sum()
 
 
 def timed_step(model, optimizer, loss_fn, batch) -> tuple[float, float]:

@@ -137,11 +137,15 @@ def alpaca_segments(record: Record, tokenizer: Any, cfg: Any) -> list[Segment]:
         prompt = template.format(**record.fields)
     except KeyError as err:
         raise DataError(f"{record.source}: the prompt template needs field {err}") from None
-    output = text_field(record, "output")
-    eos = eos_id(tokenizer, "sft without a chat template")
+    return instruction_segments(prompt, text_field(record, "output"), tokenizer, "sft")
+
+
+def instruction_segments(prompt: str, response: str, tokenizer: Any, task: str) -> list[Segment]:
+    """A formatted instruction prompt and its response, as task=sft (and dpo after it) train."""
+    eos = eos_id(tokenizer, f"{task} without a chat template")
     return [
         (special_prefix(tokenizer) + _ids(tokenizer, prompt), False),
-        ([*_ids(tokenizer, output), eos], True),
+        ([*_ids(tokenizer, response), eos], True),
     ]
 
 

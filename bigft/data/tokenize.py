@@ -44,7 +44,7 @@ def tokenize_records(
         examples = task.encode(record)
         if not examples:
             data.dropped += 1
-        # Any example of a record (reward: each pair) being cut means the record was.
+        # Any example of a record (dpo: each pair of a ranking) being cut means the record was.
         if any([ex.pop("truncated", False) for ex in examples]):
             data.truncated += 1
         data.examples += examples
@@ -107,15 +107,17 @@ def _load(path: Path) -> TokenizedData:
 
 
 def _save(path: Path, data: TokenizedData) -> None:
-    # Write then rename: readers (other ranks, a later run) never see a half-written file.
+    payload = {"examples": data.examples, "truncated": data.truncated, "dropped": data.dropped}
+    write_json(path, payload)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    """Write then rename: readers (other ranks, a later run) never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(
-                {"examples": data.examples, "truncated": data.truncated, "dropped": data.dropped},
-                f,
-            )
+            json.dump(payload, f)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

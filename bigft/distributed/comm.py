@@ -16,11 +16,18 @@ def sum_across_ranks(values: dict[str, float]) -> dict[str, float]:
         return dict(values)
     keys = list(values)
     tensor = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    tensor = sum_tensor_across_ranks(tensor)
+    return dict(zip(keys, tensor.tolist(), strict=True))
+
+
+def sum_tensor_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor added element-wise over all ranks, returned on the CPU."""
+    if not active():
+        return tensor
     # gloo reduces CPU tensors; nccl needs them on the GPU.
-    if dist.get_backend() == "nccl":
-        tensor = tensor.cuda()
-    dist.all_reduce(tensor)
-    return dict(zip(keys, tensor.cpu().tolist(), strict=True))
+    on = tensor.cuda() if dist.get_backend() == "nccl" else tensor
+    dist.all_reduce(on)
+    return on.cpu()
 
 
 def barrier() -> None:

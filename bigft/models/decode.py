@@ -1,7 +1,8 @@
-"""Decoding one prompt: greedy or sampled, shared by SFT eval and `bigft-generate`."""
+"""Decoding one prompt: greedy or sampled, shared by task eval and `bigft-generate`."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -72,3 +73,29 @@ def complete_ids(
         new = out[0, prompt_ids.shape[1] :]
     ids = new.tolist()
     return ids[: ids.index(eos_id)] if eos_id is not None and eos_id in ids else ids
+
+
+def greedy_answers(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int] | torch.Tensor],
+    *,
+    max_new_tokens: int,
+    pad_id: int | None,
+) -> list[str]:
+    """Greedy completions of each prompt (token ids), decoded up to the first EOS.
+
+    One prompt at a time: no padding, so an answer cannot depend on the batch it came in.
+    """
+    device = next(model.parameters()).device
+    answers = []
+    for ids in prompt_ids:
+        new = complete_ids(
+            model,
+            torch.as_tensor(ids, dtype=torch.long, device=device).unsqueeze(0),
+            max_new_tokens=max_new_tokens,
+            eos_id=tokenizer.eos_token_id,
+            pad_id=pad_id,
+        )
+        answers.append(tokenizer.decode(new, skip_special_tokens=True))
+    return answers

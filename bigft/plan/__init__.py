@@ -26,13 +26,15 @@ from bigft.plan.shape import ModelShape, model_shape
 
 def _sequences(s: Setup) -> str:
     """' rankings of 4 responses (8 sequences)' for a reward model's micro-batch of 2, ' pairs
-    (4 sequences)' for dpo's; nothing for one sequence per example."""
+    (4 sequences)' for dpo's, ' prompts of 4 responses (8 sequences)' for grpo's; nothing for
+    one sequence per example."""
     if s.sequences_per_example == 1:
         return ""
     k, b = s.sequences_per_example, s.micro_batch
-    if s.head_outputs is None:  # dpo: both sides of each pair through the LM head
-        return f" {'pair' if b == 1 else 'pairs'} ({b * k} sequences)"
-    text = f" {'ranking' if b == 1 else 'rankings'} of {k} responses ({b * k} sequences"
+    unit = s.example_unit if b == 1 else f"{s.example_unit}s"
+    # A pair's two sides go without saying; a ranking's or a prompt's K responses do not.
+    of = "" if s.example_unit == "pair" else f" of {k} responses"
+    text = f" {unit}{of} ({b * k} sequences"
     if s.sequences_assumed:
         text += "; set task.max_responses for longer rankings"
     return text + ")"

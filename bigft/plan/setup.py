@@ -40,6 +40,9 @@ class Setup:
     # Sequences one example puts through the model: a reward ranking of K responses is K (one
     # forward per response); K is task.max_responses, or 2 (a pair) when that is unset.
     sequences_per_example: int = 1
+    # What such an example is, as the plan names it: "pair" (dpo), "ranking" (reward), "prompt"
+    # (grpo); the task's own word, so the plan's step line says what a micro-batch holds.
+    example_unit: str = "example"
     # Whether sequences_per_example was assumed rather than configured (reward without
     # task.max_responses): the plan then says so.
     sequences_assumed: bool = False
@@ -128,8 +131,7 @@ def setup_from_config(cfg: Any) -> Setup:
         ranks_per_node=int(cfg.launcher.nproc_per_node),
         gpu_memory_gib=float(cfg.launcher.gpu_memory_gb),
         head_outputs=head,
-        sequences_per_example=_sequences_per_example(cfg),
-        sequences_assumed=task == "reward" and cfg.task.get("max_responses") is None,
+        **_example(cfg),
         reference=reference_source(cfg),
         rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)
         if task == "grpo"
@@ -153,14 +155,18 @@ def setup_from_config(cfg: Any) -> Setup:
     )
 
 
-def _sequences_per_example(cfg: Any) -> int:
-    """Sequences one example forwards: a reward ranking scores each of its K responses once,
-    a dpo pair both of its sides."""
-    if str(cfg.task.name) == "dpo":
-        return 2
-    if str(cfg.task.name) == "grpo":  # each prompt's responses, trained in one forward
-        return int(cfg.task.num_generations)
-    if str(cfg.task.name) != "reward":
-        return 1
-    k = cfg.task.get("max_responses")
-    return int(k) if k is not None else 2
+def _example(cfg: Any) -> dict[str, Any]:
+    """The Setup fields of what one example forwards, for tasks with several sequences each."""
+    task = str(cfg.task.name)
+    if task == "dpo":  # both sides of a pair
+        return {"sequences_per_example": 2, "example_unit": "pair"}
+    if task == "grpo":  # each prompt's responses, trained in one forward
+        return {"sequences_per_example": int(cfg.task.num_generations), "example_unit": "prompt"}
+    if task == "reward":  # each of a ranking's K responses scored once; a pair when K is unset
+        k = cfg.task.get("max_responses")
+        return {
+            "sequences_per_example": int(k) if k is not None else 2,
+            "example_unit": "ranking",
+            "sequences_assumed": k is None,
+        }
+    return {}

@@ -45,7 +45,7 @@ class Task(Protocol):
     generates_in_eval: bool
 
     def encode(self, record: Record) -> list[dict]:
-        """Tokenize one record into zero or more examples (reward: one per ranked pair).
+        """Tokenize one record into zero or more examples (dpo: one per pair of a ranking).
 
         Returns [] for an over-long record under `overlong=drop`; raises DataError naming
         `record.source` for a missing field or an unusable value. An example cut to

@@ -16,22 +16,22 @@ import torch
 import torch.nn.functional as F
 
 from bigft.data.collate import IGNORE_INDEX, attention_mask, collate_sequences, pad_left, pad_right
+from bigft.data.preferences import ranked_responses
 from bigft.data.readers import Record
 from bigft.data.templates import (
     ROLES,
     Segment,
-    eos_id,
+    instruction_segments,
     plain_chat_segments,
-    special_prefix,
     template_segments,
     text_field,
     uses_chat_template,
 )
 from bigft.errors import ConfigError, DataError
+from bigft.models.decode import greedy_answers
 from bigft.tasks.base import LossOutput, ModelHead, forward_logits, loss_stats, pad_token_id
 from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss, simpo_rewards
-from bigft.tasks.reward import ranked_responses
-from bigft.tasks.truth_eval import TruthEval, greedy_answers, summarize_truth
+from bigft.tasks.truth_eval import TruthEval, summarize_truth
 
 # The batch key of precomputed reference log-probabilities: [chosen rows..., rejected rows...].
 REFERENCE_KEY = "reference_logps"
@@ -90,9 +90,7 @@ class DPOTask:
                 text = self.cfg.prompt_template.format_map({**record.fields, "instruction": prompt})
             except KeyError as err:
                 raise DataError(f"{record.source}: the prompt template needs field {err}") from None
-            prompt_ids = special_prefix(self.tokenizer) + _tokens(self.tokenizer, text)
-            eos = eos_id(self.tokenizer, "dpo without a chat template")
-            return [*prompt_ids, *_tokens(self.tokenizer, response), eos], len(prompt_ids)
+            return _last_response(instruction_segments(text, response, self.tokenizer, "dpo"))
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
         messages = [*messages, {"role": "assistant", "content": response}]
         if self.templated:
@@ -301,7 +299,3 @@ def _last_response(segments: list[Segment]) -> tuple[list[int], int]:
     last = max(i for i, (_, trained) in enumerate(segments) if trained)
     ids = [token for seg, _ in segments[:last] for token in seg]
     return [*ids, *segments[last][0]], len(ids)
-
-
-def _tokens(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

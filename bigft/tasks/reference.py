@@ -18,21 +18,18 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import hashlib
 import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 
+from bigft.data.tokenize import cache_key, write_json
 from bigft.distributed import DistEnv
-from bigft.distributed.comm import active, sum_across_ranks
+from bigft.distributed.comm import sum_across_ranks, sum_tensor_across_ranks
 from bigft.tasks.dpo import REFERENCE_KEY, sequence_logps
 
 log = logging.getLogger(__name__)
@@ -78,7 +75,7 @@ def attach_reference_logps(
             for part in todo:
                 cached[part] = _score(task, reference, parts[part], cfg, env, autocast_dtype)
                 if env.is_main and paths[part] is not None:
-                    _save(paths[part], cached[part])
+                    write_json(paths[part], cached[part])
     for part, examples in parts.items():
         for example, logps in zip(examples, cached[part] or [], strict=True):
             example[REFERENCE_KEY] = logps
@@ -118,15 +115,7 @@ def _score(
             if start + row < len(mine):
                 totals[index] = torch.stack([logps[row], logps[pairs + row]])
     model.train(was_training)
-    return _sum_over_ranks(totals).tolist()
-
-
-def _sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    if not active():
-        return tensor
-    on = tensor.cuda() if dist.get_backend() == "nccl" else tensor
-    dist.all_reduce(on)
-    return on.cpu()
+    return sum_tensor_across_ranks(totals).tolist()
 
 
 def _autocast(dtype: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -202,12 +191,11 @@ def _files_fingerprint(path: Path) -> list[Any]:
 def _cache_path(cfg: DictConfig, part: str, examples: list[dict], identity: dict) -> Path | None:
     if not cfg.data.cache:
         return None
-    digest = hashlib.sha256()
-    digest.update(json.dumps(identity, sort_keys=True, default=str).encode())
-    for ex in examples:
-        sides = [ex["chosen_ids"], ex["chosen_start"], ex["rejected_ids"], ex["rejected_start"]]
-        digest.update(json.dumps(sides).encode())
-    return Path(cfg.cache_dir) / "reference" / f"{part}-{digest.hexdigest()}.json"
+    sides = [
+        [ex["chosen_ids"], ex["chosen_start"], ex["rejected_ids"], ex["rejected_start"]]
+        for ex in examples
+    ]
+    return Path(cfg.cache_dir) / "reference" / f"{part}-{cache_key(identity, sides)}.json"
 
 
 def _load(path: Path | None, count: int) -> list[list[float]] | None:
@@ -215,16 +203,3 @@ def _load(path: Path | None, count: int) -> list[list[float]] | None:
         return None
     values = json.loads(path.read_text())
     return values if len(values) == count else None
-
-
-def _save(path: Path, values: list[list[float]]) -> None:
-    # Write then rename: other ranks and later runs never read a half-written file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(values, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

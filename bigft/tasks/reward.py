@@ -24,7 +24,6 @@ from bigft.data.collate import collate_sequences
 from bigft.data.preferences import (
     FORMATS,
     Agreement,
-    consensus_order,
     preference_rankings,
     read_judged,
 )
@@ -146,9 +145,7 @@ class RewardTask:
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
     ) -> dict[str, float]:
         with torch.no_grad():
-            margin = self._margins(model, batch)
-            loss_sum = ranking_loss_sum(margin, batch["pair_weight"])
-        return loss_stats(loss_sum, batch) | pair_stats(margin)
+            return self.loss(model, batch).stats
 
     def _margins(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """r_better - r_worse for every pair of the batch, from one score per sequence."""
@@ -164,23 +161,9 @@ class RewardTask:
         }
 
 
-def ranked_responses(record: Record) -> list[str]:
-    """The record's responses, best first: `responses`, [chosen, rejected], or for records with
-    `rankings` / `scores` the reviewers' consensus (Borda) order. Ties keep the record's order;
-    use bigft.data.preferences.preference_rankings for pairs that leave ties out."""
-    judged = read_judged(record)
-    return [judged.responses[i] for i in consensus_order(judged)]
-
-
 def ranking_loss_sum(margin: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """InstructGPT's -log sigmoid(r_better - r_worse), weighted per pair and summed."""
     return (weight * -F.logsigmoid(margin)).sum()
-
-
-def pair_loss_sum(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """The unweighted sum over pairs scored side by side (as bigft did before one forward per
-    response; benchmarks/reward_forwards.py compares the two)."""
-    return -F.logsigmoid(chosen - rejected).sum()
 
 
 def pair_stats(margin: torch.Tensor) -> dict[str, float]:

@@ -10,7 +10,7 @@ from bigft.data.collate import IGNORE_INDEX, attention_mask, collate_causal, pad
 from bigft.data.readers import Record
 from bigft.data.templates import sft_tokens
 from bigft.errors import DataError
-from bigft.models.decode import complete_ids
+from bigft.models.decode import greedy_answers
 from bigft.tasks.base import LossOutput, ModelHead, loss_stats, pad_token_id
 from bigft.tasks.lm import causal_loss_sum, loss_metrics
 
@@ -90,21 +90,14 @@ class SFTTask:
         return stats
 
     def generate(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> list[str]:
-        """Greedy completions of the batch's prompts, decoded up to the first EOS.
-
-        One prompt at a time: no padding, so the result cannot depend on the batch it came in.
-        """
-        texts = []
-        for ids, mask in zip(batch["gen_prompt_ids"], batch["gen_prompt_mask"], strict=True):
-            new = complete_ids(
-                model,
-                ids[mask.bool()].unsqueeze(0),
-                max_new_tokens=self.cfg.max_new_tokens,
-                eos_id=self.tokenizer.eos_token_id,
-                pad_id=self.pad_id,
-            )
-            texts.append(self.tokenizer.decode(new, skip_special_tokens=True))
-        return texts
+        """Greedy completions of the batch's prompts, decoded up to the first EOS."""
+        rows = [
+            ids[mask.bool()]
+            for ids, mask in zip(batch["gen_prompt_ids"], batch["gen_prompt_mask"], strict=True)
+        ]
+        return greedy_answers(
+            model, self.tokenizer, rows, max_new_tokens=self.cfg.max_new_tokens, pad_id=self.pad_id
+        )
 
     def summarize(self, stats: dict[str, float]) -> dict[str, float]:
         metrics = loss_metrics(stats)

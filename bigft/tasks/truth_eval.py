@@ -19,40 +19,10 @@ ranks before `summarize_truth` divides.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-import torch
-
-from bigft.models.decode import complete_ids
 from bigft.rl.rewards import FunctionReward, load_function
 
 SCORE_KEY = "task.eval_score_fn"
-
-
-def greedy_answers(
-    model: torch.nn.Module,
-    tokenizer: Any,
-    prompt_ids: Sequence[Sequence[int] | torch.Tensor],
-    *,
-    max_new_tokens: int,
-    pad_id: int | None,
-) -> list[str]:
-    """Greedy completions of each prompt (token ids), decoded up to the first EOS.
-
-    One prompt at a time: no padding, so an answer cannot depend on the batch it came in.
-    """
-    device = next(model.parameters()).device
-    answers = []
-    for ids in prompt_ids:
-        new = complete_ids(
-            model,
-            torch.as_tensor(ids, dtype=torch.long, device=device).unsqueeze(0),
-            max_new_tokens=max_new_tokens,
-            eos_id=tokenizer.eos_token_id,
-            pad_id=pad_id,
-        )
-        answers.append(tokenizer.decode(new, skip_special_tokens=True))
-    return answers
 
 
 def win_points(scores: Sequence[float], initial: Sequence[float]) -> float:

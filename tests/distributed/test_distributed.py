@@ -97,6 +97,22 @@ def _same_eval(two: Path, one: Path) -> None:
         assert [a[k] for k in evals] == pytest.approx([b[k] for k in evals], rel=1e-5)
 
 
+def two_ranks_and_one(tmp_path: Path, base: list[str], mode: str) -> tuple[Path, Path]:
+    """Run `base` on 2 ranks under `mode` with micro-batch 2 and in one process with micro-batch
+    4 (the same examples per step); the two run directories."""
+    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
+    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
+    return tmp_path / "outputs" / "two", tmp_path / "outputs" / "one"
+
+
+def _same_losses_and_eval(two: Path, one: Path) -> None:
+    """Three steps of equal training losses, and equal split eval before and after them."""
+    two_losses, one_losses = train_losses(two), train_losses(one)
+    assert list(two_losses) == [1, 2, 3]
+    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
+    _same_eval(two, one)
+
+
 @pytest.mark.parametrize("mode", ["ddp", "zero3"])
 def test_eval_with_generation_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, mode):
     """DDP splits the generating eval across ranks; ZeRO-3 runs it on every rank in lockstep."""
@@ -289,14 +305,9 @@ def test_dpo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, method, m
         "trainer.eval_batch_size=3",
         "trainer.eval_at_start=true",
     ]
-    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
-    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
-    out = tmp_path / "outputs"
-    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
-    assert list(two_losses) == [1, 2, 3]
-    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
-    _same_eval(out / "two", out / "one")
-    assert read_metrics(out / "two")[-1]["eval/rewards/margin"] != 0
+    two, one = two_ranks_and_one(tmp_path, base, mode)
+    _same_losses_and_eval(two, one)
+    assert read_metrics(two)[-1]["eval/rewards/margin"] != 0
 
 
 def test_zero2_with_the_default_precision_moves_every_master_weight_of_a_bf16_checkpoint(
@@ -332,10 +343,4 @@ def test_reward_rankings_on_two_ranks_equal_one_process(tmp_path, tiny_llama_dir
         "trainer.eval_batch_size=3",
         "trainer.eval_at_start=true",
     ]
-    ok(run_ranks([*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"]))
-    train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
-    out = tmp_path / "outputs"
-    two_losses, one_losses = train_losses(out / "two"), train_losses(out / "one")
-    assert list(two_losses) == [1, 2, 3]
-    assert list(two_losses.values()) == pytest.approx(list(one_losses.values()), rel=1e-5)
-    _same_eval(out / "two", out / "one")
+    _same_losses_and_eval(*two_ranks_and_one(tmp_path, base, mode))

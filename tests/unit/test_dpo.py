@@ -18,11 +18,6 @@ from bigft.tasks import build_task
 from bigft.tasks.dpo import REFERENCE_KEY, peft_model_of, sequence_logps
 from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
-
 
 def cfg(**overrides) -> TaskConfig:
     return OmegaConf.structured(TaskConfig(name=TaskName.dpo, **overrides))
@@ -30,20 +25,6 @@ def cfg(**overrides) -> TaskConfig:
 
 def rec(**fields) -> Record:
     return Record(fields, "pairs.jsonl:3")
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tiny_llama_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
 
 
 def response_text(tokenizer, ids, start) -> str:

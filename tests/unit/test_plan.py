@@ -278,6 +278,8 @@ def test_grpo_plans_the_rollout_phase_kv_cache_and_reference():
     assert lora.rollout.kv_cache / GIB == pytest.approx(4.0)
     assert lora.rollout.reference == 0 and lora.rollout.gathered == 0
     assert "KV cache 4.00 GiB" in lora.render() and "adapters disabled" in lora.render()
+    # A grpo micro-batch holds prompts and their responses, not dpo's pairs.
+    assert "micro-batch 1 prompt of 8 responses (8 sequences)" in lora.render()
     full = check_fits(compose_config([*grpo, "method=full", "distributed=zero2"]))
     assert full.rollout.reference / GIB == pytest.approx(6.74e9 * 2 / GIB, rel=0.01)
     assert "frozen reference copy" in full.render()

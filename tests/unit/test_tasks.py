@@ -17,13 +17,9 @@ from bigft.errors import ConfigError, DataError
 from bigft.tasks import build_task
 from bigft.tasks.base import forward_logits
 from bigft.tasks.classify import macro_f1
-from bigft.tasks.reward import pair_loss_sum, ranking_loss_sum
+from bigft.tasks.reward import ranking_loss_sum
 from bigft.tasks.sft import exact_matches
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}</s>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
 TEXTS = ["The quick brown fox.", "Numbers: 0 1 2 3 4 5 6.", "A reward model scores.", "cat"]
 
 
@@ -34,20 +30,6 @@ def cfg(name: str, **overrides) -> TaskConfig:
 
 def rec(source: str = "t.jsonl:1", **fields) -> Record:
     return Record(fields, source)
-
-
-@pytest.fixture(scope="module")
-def chat_tokenizer(tiny_tokenizer):
-    tok = copy.deepcopy(tiny_tokenizer)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
-
-
-@pytest.fixture(scope="module")
-def causal_lm(tiny_llama_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
 
 
 def seq_classifier(path, num_labels: int):
@@ -419,7 +401,7 @@ def test_reward_loss_equals_the_pairwise_loss_of_both_sides(tiny_tokenizer, tiny
     both = collate_sequences(sides[0] + sides[1], tiny_tokenizer.pad_token_id)
     with torch.no_grad():
         rewards = forward_logits(model, both).squeeze(-1)
-        old = pair_loss_sum(rewards[:6], rewards[6:])
+        old = -torch.nn.functional.logsigmoid(rewards[:6] - rewards[6:]).sum()
         new = task.loss(model, task.collate([ranking])).loss_sum
     assert both["input_ids"].shape[0] == 12 and len(seqs) == 4
     torch.testing.assert_close(new, old, rtol=1e-5, atol=1e-5)

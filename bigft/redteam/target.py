@@ -1,8 +1,9 @@
 """The model under test (and the red LM): loading a run or a model path, batched generation.
 
-A prompt is formatted as the model was tuned to read it: with the tokenizer's chat template when
-it has one, else with the run's own `task.prompt_template` (from `<run>/config.yaml`), else as
-plain text, which is what `bigft-generate` sends.
+A prompt is formatted as the model was tuned to read it, by `bigft-generate`'s formatting (the
+sft task's own, token for token): with the tokenizer's chat template when it has one, else with
+the run's own `task.prompt_template` (from `<run>/config.yaml`), else as plain text; a
+multi-turn chat without a template in bigft's plain chat format.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from bigft.data.templates import special_prefix
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError
+from bigft.generate import prompt_ids as request_ids
 from bigft.models.decode import complete_ids, is_prefix_tuned
 from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
 
@@ -27,8 +28,9 @@ class Target:
     model: Any
     tokenizer: Any
     name: str
-    prompt_template: str | None = None  # the run's alpaca template ("{instruction}")
-    chat_template: bool = False
+    # How prompts are formatted, as a task config: use_chat_template and prompt_template (the
+    # run's, or "{instruction}": the plain text).
+    task: Any
 
 
 def _run_prompt_template(path: Path) -> str | None:
@@ -77,23 +79,15 @@ def load_target(
         _check_causal_config(path, key)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
-    templated = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
-    return Target(model, tokenizer, str(spec), _run_prompt_template(path), templated)
+    template = _run_prompt_template(path) or "{instruction}"
+    task = OmegaConf.create({"use_chat_template": use_chat_template, "prompt_template": template})
+    return Target(model, tokenizer, str(spec), task)
 
 
 def prompt_ids(target: Target, chat: list[dict[str, str]]) -> list[int]:
     """Token ids of a chat (ending with a user turn) as the model reads it before answering."""
-    tok = target.tokenizer
-    if target.chat_template:
-        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return list(tok(text, add_special_tokens=False)["input_ids"])
-    if len(chat) == 1 and target.prompt_template:
-        text = target.prompt_template.format(instruction=chat[0]["content"])
-    elif len(chat) == 1:
-        text = chat[0]["content"]
-    else:  # bigft's plain chat format (bigft.data.templates), as task=sft trains on it
-        text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in chat) + "<|assistant|>\n"
-    return special_prefix(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+    request = {"instruction": chat[0]["content"]} if len(chat) == 1 else {"messages": chat}
+    return request_ids(request, target.tokenizer, target.task, chat=False)
 
 
 @torch.no_grad()

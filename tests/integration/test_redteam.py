@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bigft.config import compose_config, typed_config
 from bigft.redteam import scan as scan_module
@@ -225,3 +226,25 @@ def test_bad_input_exits_2_naming_the_file_or_key(tmp_path, tiny_llama_dir):
     assert f"{labels}:1: finding_id 'elsewhere-0' is not a finding of this scan" in err
     err = user_error(run_cli(f"output_dir={tmp_path / 'o'}", cwd=tmp_path))
     assert "missing target=" in err
+
+
+def test_prompts_are_the_tokens_the_sft_task_trained_on(tiny_llama_dir):
+    from bigft.config.schema import TaskConfig
+    from bigft.data.readers import Record
+    from bigft.data.templates import sft_tokens
+    from bigft.redteam.target import load_target, prompt_ids
+
+    target = load_target(str(tiny_llama_dir))
+    tok = target.tokenizer
+    assert not tok.chat_template  # bigft's plain chat format, tokenized turn by turn
+    task = OmegaConf.structured(TaskConfig)
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and the fox?"},
+    ]
+    trained = {"messages": [*chat, {"role": "assistant", "content": "it runs"}]}
+    assert prompt_ids(target, chat) == sft_tokens(Record(trained, "x"), tok, task).prompt_ids
+    # A single turn to a model without a run's template: the plain text.
+    plain = tok("the quick brown fox")["input_ids"]
+    assert prompt_ids(target, [{"role": "user", "content": "the quick brown fox"}]) == plain

@@ -18,8 +18,9 @@ from omegaconf import OmegaConf
 
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError
+from bigft.generate import complete
 from bigft.generate import prompt_ids as request_ids
-from bigft.models.decode import complete_ids, is_prefix_tuned
+from bigft.models.decode import is_prefix_tuned
 from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
 
 
@@ -106,19 +107,7 @@ def generate(
     pad = eos if pad is None else pad
     if is_prefix_tuned(model):  # generate() drops a peft prefix (see bigft.models.decode)
         opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-        device = next(model.parameters()).device
-        return [
-            [
-                tokenizer.decode(
-                    complete_ids(
-                        model, torch.tensor([p], device=device), eos_id=eos, pad_id=pad, **opts
-                    ),
-                    skip_special_tokens=True,
-                )
-                for _ in range(samples)
-            ]
-            for p in prompts
-        ]
+        return [[complete(model, tokenizer, p, **opts) for _ in range(samples)] for p in prompts]
     width = max(len(p) for p in prompts)
     # Left padding: every row's last prompt token sits at the same position, where decoding starts.
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])

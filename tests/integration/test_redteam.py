@@ -248,3 +248,28 @@ def test_prompts_are_the_tokens_the_sft_task_trained_on(tiny_llama_dir):
     # A single turn to a model without a run's template: the plain text.
     plain = tok("the quick brown fox")["input_ids"]
     assert prompt_ids(target, [{"role": "user", "content": "the quick brown fox"}]) == plain
+
+
+def test_a_prefix_tuned_target_keeps_its_prefix(tiny_llama_dir):
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bigft.models.decode import _forward_loop
+    from bigft.redteam.target import generate, load_target, prompt_ids
+
+    target = load_target(str(tiny_llama_dir))
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.normal_(0, 2.0)
+    tok = target.tokenizer
+    ids = [prompt_ids(target, [{"role": "user", "content": t}]) for t in ("a", "the fox")]
+    got = generate(model.eval(), tok, ids, samples=2, max_new_tokens=6)
+    # Decoded by re-running the forward with the prefix, every sample (greedy: all alike).
+    for row, p in zip(got, ids, strict=True):
+        new = _forward_loop(model, torch.tensor([p]), 6, tok.eos_token_id, temperature=0, top_p=1)
+        new = new.tolist()
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert row == [tok.decode(new, skip_special_tokens=True)] * 2

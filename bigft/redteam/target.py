@@ -113,14 +113,18 @@ def generate(
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
+    sampling = temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sampling}
+    if sampling:
         kwargs.update(temperature=temperature, top_p=top_p)
+    # Greedy samples are all alike, and generate() refuses num_return_sequences > 1 without
+    # sampling: one greedy response per prompt, repeated.
+    per_prompt = samples if sampling else 1
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=max_new_tokens,
-        num_return_sequences=samples,
+        num_return_sequences=per_prompt,
         pad_token_id=pad,
         eos_token_id=eos,
         **kwargs,
@@ -129,7 +133,8 @@ def generate(
         tokenizer.decode(_until_eos(row[width:].tolist(), eos), skip_special_tokens=True)
         for row in out
     ]
-    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+    rows = [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
+    return rows if sampling else [row * samples for row in rows]
 
 
 def _until_eos(ids: list[int], eos: int | None) -> list[int]:

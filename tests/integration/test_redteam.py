@@ -79,6 +79,9 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny_llama_dir):
         for p in ids
     ]
     assert [b[0] for b in batched] == alone
+    # Several greedy samples: the one greedy response each (generate() alone refuses them).
+    twice = generate(target.model, target.tokenizer, ids, samples=2, max_new_tokens=6)
+    assert twice == [[a, a] for a in alone]
 
 
 def test_interrupted_scan_resumes_where_it_stopped(tmp_path, tiny_llama_dir, monkeypatch):

@@ -150,6 +150,16 @@ def test_scan_report_export_and_wandb(tmp_path, tiny_llama_dir):
     assert summary["responses_per_second"] > 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # The tables W&B got: every finding, and the ASR rows of asr.json.
+    media = runs[0] / "files" / "media"
+    (table,) = [json.loads(p.read_text()) for p in media.glob("table/redteam/findings_*.json")]
+    assert table["columns"][0] == "attack_id" and table["columns"][-1] == "success"
+    assert [row[0] for row in table["data"]] == [f["attack"]["id"] for f in findings]
+    (asr,) = [json.loads(p.read_text()) for p in media.glob("table/redteam/asr_*.json")]
+    assert [row[asr["columns"].index("asr")] for row in asr["data"]] == [
+        r["asr"] for r in summary["rows"]
+    ]
+    assert list(media.glob("images/redteam/asr_chart_*.png"))
 
 
 def test_garak_report_exports_like_a_scan(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bigft.redteam.config import RedteamConfig
 from bigft.redteam.findings import read_findings
 
 from ..unit.test_redteam_findings import garak_report
+from .runs import run_module, user_error
 
 
 def attack_file(tmp_path: Path) -> Path:
@@ -184,19 +184,7 @@ def test_garak_report_exports_like_a_scan(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bigft.redteam.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def user_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    return result.stderr
+    return run_module("bigft.redteam.cli", *args, cwd=cwd)
 
 
 def test_bad_input_exits_2_naming_the_file_or_key(tmp_path, tiny_llama_dir):

@@ -18,10 +18,10 @@ from omegaconf import OmegaConf
 
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError
-from bigft.generate import complete
+from bigft.generate import complete, model_source
 from bigft.generate import prompt_ids as request_ids
 from bigft.models.decode import is_prefix_tuned
-from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
 
 
 @dataclass
@@ -66,10 +66,8 @@ def load_target(
     if not path.exists():
         raise ConfigError(f"{key}={spec!r} does not exist")
     device = "cuda" if torch.cuda.is_available() else None
-    source = path / MERGED_SUBDIR if merged else path / MODEL_SUBDIR
-    if not (source / OUTPUT_FILE).is_file() and (path / OUTPUT_FILE).is_file():
-        source = path
-    if (source / OUTPUT_FILE).is_file():
+    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() or (path / OUTPUT_FILE).is_file():
+        source = model_source(path, merged)  # <run>/model, <run>/merged or the output dir
         head = read_metadata(source)["head"]
         if head != "causal_lm":
             raise ConfigError(f"{key}={spec!r} holds a {head} model, not a causal LM")

@@ -274,3 +274,23 @@ def test_a_prefix_tuned_target_keeps_its_prefix(tiny_llama_dir):
         new = new.tolist()
         new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
         assert row == [tok.decode(new, skip_special_tokens=True)] * 2
+
+
+def test_a_run_target_loads_its_model_and_asks_for_a_missing_merged_export(
+    tmp_path, tiny_llama_dir
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bigft.errors import ConfigError
+    from bigft.outputs import save_final
+    from bigft.redteam.target import load_target
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    save_final(base, tok, tmp_path / "run" / "model", method="full", base_path=str(tiny_llama_dir))
+    target = load_target(str(tmp_path / "run"))
+    assert torch.equal(target.model.lm_head.weight, base.lm_head.weight)
+    with pytest.raises(
+        ConfigError, match=r"run/merged does not exist: write it with `bigft-export"
+    ):
+        load_target(str(tmp_path / "run"), merged=True)

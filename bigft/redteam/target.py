@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from bigft.data.collate import attention_mask, pad_left
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError
 from bigft.generate import complete, model_source
@@ -106,10 +107,9 @@ def generate(
     if is_prefix_tuned(model):  # generate() drops a peft prefix (see bigft.models.decode)
         opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
         return [[complete(model, tokenizer, p, **opts) for _ in range(samples)] for p in prompts]
-    width = max(len(p) for p in prompts)
     # Left padding: every row's last prompt token sits at the same position, where decoding starts.
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = pad_left(prompts, pad), attention_mask(prompts, left=True)
+    width = ids.shape[1]
     device = next(model.parameters()).device
     sampling = temperature > 0
     kwargs: dict[str, Any] = {"do_sample": sampling}

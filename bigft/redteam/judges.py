@@ -108,13 +108,6 @@ def _load_head(run: str, key: str, head: str) -> tuple[Any, Any, Path]:
     return model, tokenizer, source
 
 
-def _run_config(source: Path) -> Any:
-    for config in (source / "config.yaml", source.parent / "config.yaml"):
-        if config.is_file():
-            return OmegaConf.load(config)
-    return OmegaConf.create({})
-
-
 class ClassifierJudge:
     name = "classifier"
 
@@ -122,12 +115,13 @@ class ClassifierJudge:
         self, run: str, label: str = HARMFUL, threshold: float = 0.5, input: str = "response"
     ):
         from bigft.config.schema import TaskConfig
+        from bigft.redteam.target import run_config
         from bigft.tasks.classify import ClassifyTask
 
         self.model, tokenizer, source = _load_head(
             run, "judges.classifier.run", "sequence_classification"
         )
-        trained = OmegaConf.select(_run_config(source), "task") or {}
+        trained = OmegaConf.select(run_config(source), "task") or {}
         labels = list(trained.get("labels") or [])
         if label not in labels:
             raise ConfigError(

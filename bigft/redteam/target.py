@@ -35,12 +35,13 @@ class Target:
     task: Any
 
 
-def _run_prompt_template(path: Path) -> str | None:
+def run_config(path: Path) -> Any:
+    """The config a run trained with: `<path>/config.yaml`, or its parent's when `path` is the
+    run's model, merged or output directory; empty when there is none (a plain HF directory)."""
     for config in (path / CONFIG_FILE, path.parent / CONFIG_FILE):
         if config.is_file():
-            task = OmegaConf.load(config).get("task") or {}
-            return task.get("prompt_template")
-    return None
+            return OmegaConf.load(config)
+    return OmegaConf.create({})
 
 
 def _check_causal_config(path: Path, key: str) -> None:
@@ -79,7 +80,7 @@ def load_target(
         _check_causal_config(path, key)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
-    template = _run_prompt_template(path) or "{instruction}"
+    template = (run_config(path).get("task") or {}).get("prompt_template") or "{instruction}"
     task = OmegaConf.create({"use_chat_template": use_chat_template, "prompt_template": template})
     return Target(model, tokenizer, str(spec), task)
 

@@ -283,13 +283,19 @@ def test_a_run_target_loads_its_model_and_asks_for_a_missing_merged_export(
 
     from bigft.errors import ConfigError
     from bigft.outputs import save_final
-    from bigft.redteam.target import load_target
+    from bigft.redteam.target import load_target, prompt_ids
 
     base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
     tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
     save_final(base, tok, tmp_path / "run" / "model", method="full", base_path=str(tiny_llama_dir))
+    (tmp_path / "run" / "config.yaml").write_text(
+        "task:\n  prompt_template: 'Q: {instruction} A:'\n"
+    )
     target = load_target(str(tmp_path / "run"))
     assert torch.equal(target.model.lm_head.weight, base.lm_head.weight)
+    # The run's own template formats a single-turn attack.
+    asked = prompt_ids(target, [{"role": "user", "content": "where is the fox"}])
+    assert asked == tok("Q: where is the fox A:")["input_ids"]
     with pytest.raises(
         ConfigError, match=r"run/merged does not exist: write it with `bigft-export"
     ):

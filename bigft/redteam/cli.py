@@ -76,7 +76,7 @@ def _log_wandb(
 ) -> None:
     import wandb
 
-    from bigft.tracking import wandb_mode
+    from bigft.tracking import Tracker, wandb_mode
 
     run = wandb.init(
         project=cfg.logger.project,
@@ -88,30 +88,19 @@ def _log_wandb(
         mode=wandb_mode(cfg.logger),
         config=OmegaConf.to_container(cfg, resolve=True),
     )
-    columns = list(rows[0]) if rows else []
-    tables = {
-        "redteam/asr": wandb.Table(columns=columns, data=[list(r.values()) for r in rows]),
-        "redteam/findings": wandb.Table(
-            columns=["attack_id", "source", "category", "family", "prompt", "response", "success"],
-            data=[
-                [
-                    f["attack"]["id"],
-                    f["attack"]["source"],
-                    f["attack"]["category"],
-                    f["attack"]["family"],
-                    f["attack"]["prompt"],
-                    f["response"],
-                    f["success"],
-                ]
-                for f in findings
-            ],
-        ),
-    }
+    tracker = Tracker(None, run)
+    tracker.table("redteam/asr", rows, step=0)
+    found = [
+        {"attack_id": f["attack"]["id"]}
+        | {k: f["attack"][k] for k in ("source", "category", "family", "prompt")}
+        | {"response": f["response"], "success": f["success"]}
+        for f in findings
+    ]
+    tracker.table("redteam/findings", found, step=0)
     if chart is not None:
-        tables["redteam/asr_chart"] = wandb.Image(str(chart))
-    run.log(tables)
-    run.summary.update({f"redteam/{k}": v for k, v in summary.items() if k != "rows"})
-    run.finish()
+        run.log({"redteam/asr_chart": wandb.Image(str(chart))}, step=0)
+    tracker.summary({f"redteam/{k}": v for k, v in summary.items() if k != "rows"})
+    tracker.finish()
 
 
 def run_redteam(cfg: DictConfig) -> dict[str, Any]:

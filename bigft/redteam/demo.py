@@ -128,6 +128,7 @@ def harmless_eval(
 ) -> dict[str, float]:
     """Exact match (%) and over-refusal (%) of greedy answers to harmless questions."""
     from bigft.redteam.target import generate, prompt_ids
+    from bigft.tasks.sft import exact_matches
 
     answers: list[str] = []
     for start in range(0, len(rows), batch_size):
@@ -137,7 +138,7 @@ def harmless_eval(
             s[0]
             for s in generate(target.model, target.tokenizer, ids, max_new_tokens=max_new_tokens)
         ]
-    exact = sum(a.strip() == r["output"] for a, r in zip(answers, rows, strict=True))
+    exact = exact_matches(answers, [r["output"] for r in rows])  # as task=sft's eval counts it
     refused = sum(is_refusal(a) for a in answers)
     return {
         "exact_match": 100.0 * exact / len(rows),

@@ -94,8 +94,8 @@ def training_records(
     held = [a for a in attacks if is_held_out(a, groups, cfg.held_out)]
     # The same text can come from two sources (a person's and a template's "direct" attack):
     # held out once, it is held out everywhere.
-    held_texts = {a["prompt"] for a in held}
-    held += [a for a in attacks if a["prompt"] in held_texts and a not in held]
+    held_texts, held_ids = {a["prompt"] for a in held}, {a["id"] for a in held}
+    held += [a for a in attacks if a["prompt"] in held_texts and a["id"] not in held_ids]
     held_ids = {a["id"] for a in held}
     by_attack: dict[str, list[dict[str, Any]]] = {}
     for f in findings:

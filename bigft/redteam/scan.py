@@ -113,9 +113,11 @@ def scan_attacks(
     cfg: DictConfig,
     chash: str,
     path: Path,
+    mine: list[dict[str, Any]],
 ) -> int:
-    """Scan the attacks not yet in `path` under `chash`, appending per batch; responses judged."""
-    done = done_attack_ids(read_findings(path), chash)
+    """Scan the attacks not yet in `mine` (this config's findings), appending each batch to
+    `path` and to `mine`; responses judged."""
+    done = done_attack_ids(mine, chash)
     todo = [a for a in attacks if a.id not in done]
     if len(todo) < len(attacks):
         log.info(
@@ -127,6 +129,7 @@ def scan_attacks(
             target, judges, todo[start : start + cfg.generation.batch_size], cfg, chash
         )
         append_findings(path, found)
+        mine.extend(found)
         judged += len(found)
     return judged
 
@@ -156,10 +159,11 @@ def scan(cfg: DictConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str
             "or attacks.red_lm.model=..."
         )
     chash, path = config_hash(scan_settings(cfg)), out_dir / FINDINGS_FILE
+    # Read once: the scan keeps this config's findings as it appends them.
+    mine = [f for f in read_findings(path) if f.get("config_hash") == chash]
     start = time.perf_counter()
-    judged = scan_attacks(target, judges, attacks, cfg, chash, path)
+    judged = scan_attacks(target, judges, attacks, cfg, chash, path, mine)
     for round_no in range(cfg.attacks.red_lm.rounds if red_lm else 0):
-        mine = [f for f in read_findings(path) if f.get("config_hash") == chash]
         wins = [Attack.from_dict(a) for a, ok in attack_outcomes(mine).values() if ok]
         new = red_lm.propose(round_no, wins)
         log.info(
@@ -168,11 +172,11 @@ def scan(cfg: DictConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str
             len(new),
             len(wins),
         )
-        judged += scan_attacks(target, judges, new, cfg, chash, path)
+        judged += scan_attacks(target, judges, new, cfg, chash, path, mine)
     seconds = time.perf_counter() - start
     speed = {
         "responses_judged": judged,
         "seconds": seconds,
         "responses_per_second": judged / seconds if seconds > 0 and judged else 0.0,
     }
-    return [f for f in read_findings(path) if f.get("config_hash") == chash], speed
+    return mine, speed

@@ -1,8 +1,9 @@
 """The model under test (and the red LM): loading a run or a model path, batched generation.
 
-A prompt is formatted as the model was tuned to read it: with the tokenizer's chat template when
-it has one, else with the run's own `task.prompt_template` (from `<run>/config.yaml`), else as
-plain text, which is what `bigft-generate` sends.
+A prompt is formatted as the model was tuned to read it, by `bigft-generate`'s formatting (the
+sft task's own, token for token): with the tokenizer's chat template when it has one, else with
+the run's own `task.prompt_template` (from `<run>/config.yaml`), else as plain text; a
+multi-turn chat without a template in bigft's plain chat format.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from bigft.data.templates import special_prefix
+from bigft.data.collate import attention_mask, pad_left
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError
-from bigft.models.decode import complete_ids, is_prefix_tuned
-from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+from bigft.generate import complete, model_source
+from bigft.generate import prompt_ids as request_ids
+from bigft.models.decode import is_prefix_tuned
+from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
 
 
 @dataclass
@@ -27,16 +30,18 @@ class Target:
     model: Any
     tokenizer: Any
     name: str
-    prompt_template: str | None = None  # the run's alpaca template ("{instruction}")
-    chat_template: bool = False
+    # How prompts are formatted, as a task config: use_chat_template and prompt_template (the
+    # run's, or "{instruction}": the plain text).
+    task: Any
 
 
-def _run_prompt_template(path: Path) -> str | None:
+def run_config(path: Path) -> Any:
+    """The config a run trained with: `<path>/config.yaml`, or its parent's when `path` is the
+    run's model, merged or output directory; empty when there is none (a plain HF directory)."""
     for config in (path / CONFIG_FILE, path.parent / CONFIG_FILE):
         if config.is_file():
-            task = OmegaConf.load(config).get("task") or {}
-            return task.get("prompt_template")
-    return None
+            return OmegaConf.load(config)
+    return OmegaConf.create({})
 
 
 def _check_causal_config(path: Path, key: str) -> None:
@@ -63,10 +68,8 @@ def load_target(
     if not path.exists():
         raise ConfigError(f"{key}={spec!r} does not exist")
     device = "cuda" if torch.cuda.is_available() else None
-    source = path / MERGED_SUBDIR if merged else path / MODEL_SUBDIR
-    if not (source / OUTPUT_FILE).is_file() and (path / OUTPUT_FILE).is_file():
-        source = path
-    if (source / OUTPUT_FILE).is_file():
+    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() or (path / OUTPUT_FILE).is_file():
+        source = model_source(path, merged)  # <run>/model, <run>/merged or the output dir
         head = read_metadata(source)["head"]
         if head != "causal_lm":
             raise ConfigError(f"{key}={spec!r} holds a {head} model, not a causal LM")
@@ -77,23 +80,15 @@ def load_target(
         _check_causal_config(path, key)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
-    templated = bool(use_chat_template and getattr(tokenizer, "chat_template", None))
-    return Target(model, tokenizer, str(spec), _run_prompt_template(path), templated)
+    template = (run_config(path).get("task") or {}).get("prompt_template") or "{instruction}"
+    task = OmegaConf.create({"use_chat_template": use_chat_template, "prompt_template": template})
+    return Target(model, tokenizer, str(spec), task)
 
 
 def prompt_ids(target: Target, chat: list[dict[str, str]]) -> list[int]:
     """Token ids of a chat (ending with a user turn) as the model reads it before answering."""
-    tok = target.tokenizer
-    if target.chat_template:
-        text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        return list(tok(text, add_special_tokens=False)["input_ids"])
-    if len(chat) == 1 and target.prompt_template:
-        text = target.prompt_template.format(instruction=chat[0]["content"])
-    elif len(chat) == 1:
-        text = chat[0]["content"]
-    else:  # bigft's plain chat format (bigft.data.templates), as task=sft trains on it
-        text = "".join(f"<|{m['role']}|>\n{m['content']}\n" for m in chat) + "<|assistant|>\n"
-    return special_prefix(tok) + list(tok(text, add_special_tokens=False)["input_ids"])
+    request = {"instruction": chat[0]["content"]} if len(chat) == 1 else {"messages": chat}
+    return request_ids(request, target.tokenizer, target.task, chat=False)
 
 
 @torch.no_grad()
@@ -112,32 +107,23 @@ def generate(
     pad = eos if pad is None else pad
     if is_prefix_tuned(model):  # generate() drops a peft prefix (see bigft.models.decode)
         opts = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p}
-        device = next(model.parameters()).device
-        return [
-            [
-                tokenizer.decode(
-                    complete_ids(
-                        model, torch.tensor([p], device=device), eos_id=eos, pad_id=pad, **opts
-                    ),
-                    skip_special_tokens=True,
-                )
-                for _ in range(samples)
-            ]
-            for p in prompts
-        ]
-    width = max(len(p) for p in prompts)
+        return [[complete(model, tokenizer, p, **opts) for _ in range(samples)] for p in prompts]
     # Left padding: every row's last prompt token sits at the same position, where decoding starts.
-    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    ids, mask = pad_left(prompts, pad), attention_mask(prompts, left=True)
+    width = ids.shape[1]
     device = next(model.parameters()).device
-    kwargs: dict[str, Any] = {"do_sample": temperature > 0}
-    if temperature > 0:
+    sampling = temperature > 0
+    kwargs: dict[str, Any] = {"do_sample": sampling}
+    if sampling:
         kwargs.update(temperature=temperature, top_p=top_p)
+    # Greedy samples are all alike, and generate() refuses num_return_sequences > 1 without
+    # sampling: one greedy response per prompt, repeated.
+    per_prompt = samples if sampling else 1
     out = model.generate(
         input_ids=ids.to(device),
         attention_mask=mask.to(device),
         max_new_tokens=max_new_tokens,
-        num_return_sequences=samples,
+        num_return_sequences=per_prompt,
         pad_token_id=pad,
         eos_token_id=eos,
         **kwargs,
@@ -146,7 +132,8 @@ def generate(
         tokenizer.decode(_until_eos(row[width:].tolist(), eos), skip_special_tokens=True)
         for row in out
     ]
-    return [texts[i * samples : (i + 1) * samples] for i in range(len(prompts))]
+    rows = [texts[i * per_prompt : (i + 1) * per_prompt] for i in range(len(prompts))]
+    return rows if sampling else [row * samples for row in rows]
 
 
 def _until_eos(ids: list[int], eos: int | None) -> list[int]:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-from .runs import train_overrides
+from .runs import run_module, train_overrides, user_error
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bigft.train", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_module("bigft.train", *args, cwd=cwd)
 
 
 def test_cli_trains_and_writes_the_run_directory(tmp_path, tiny_llama_dir):
@@ -30,24 +23,18 @@ def test_cli_trains_and_writes_the_run_directory(tmp_path, tiny_llama_dir):
     assert "method: name=lora" in result.stdout  # the compact resolved config
 
 
-def _user_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    return result.stderr
-
-
 def test_malformed_data_line_exits_2_naming_file_and_line(tmp_path, tiny_llama_dir):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n\n{"instruction": "c", "output": \n')
     args = [*train_overrides(tmp_path, tiny_llama_dir, "sft", "full"), f"data.train={bad}"]
-    assert f"{bad}:3" in _user_error(run_cli(*args, cwd=tmp_path))
+    assert f"{bad}:3" in user_error(run_cli(*args, cwd=tmp_path))
 
 
 def test_missing_field_exits_2_naming_the_field(tmp_path, tiny_llama_dir):
     bad = tmp_path / "nofield.jsonl"
     bad.write_text('{"question": "a", "answer": "b"}\n')
     args = [*train_overrides(tmp_path, tiny_llama_dir, "sft", "full"), f"data.train={bad}"]
-    err = _user_error(run_cli(*args, cwd=tmp_path))
+    err = user_error(run_cli(*args, cwd=tmp_path))
     assert "instruction" in err and "messages" in err
 
 
@@ -55,13 +42,13 @@ def test_label_outside_the_label_set_exits_2(tmp_path, tiny_llama_dir):
     bad = tmp_path / "labels.jsonl"
     bad.write_text('{"text": "a", "label": "pos"}\n{"text": "b", "label": "maybe"}\n')
     args = [*train_overrides(tmp_path, tiny_llama_dir, "classify", "full"), f"data.train={bad}"]
-    err = _user_error(run_cli(*args, cwd=tmp_path))
+    err = user_error(run_cli(*args, cwd=tmp_path))
     assert "maybe" in err and "labels.jsonl:2" in err
 
 
 def test_missing_local_model_exits_2_naming_the_path(tmp_path, tiny_llama_dir):
     args = [*train_overrides(tmp_path, tiny_llama_dir, "lm", "full"), f"model.path={tmp_path}/nope"]
-    assert f"{tmp_path}/nope" in _user_error(run_cli(*args, cwd=tmp_path))
+    assert f"{tmp_path}/nope" in user_error(run_cli(*args, cwd=tmp_path))
 
 
 def test_config_typo_exits_non_zero_before_loading(tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from bigft.config import compose_config, typed_config
 from bigft.redteam import scan as scan_module
@@ -17,6 +17,7 @@ from bigft.redteam.config import RedteamConfig
 from bigft.redteam.findings import read_findings
 
 from ..unit.test_redteam_findings import garak_report
+from .runs import run_module, user_error
 
 
 def attack_file(tmp_path: Path) -> Path:
@@ -78,6 +79,9 @@ def test_batched_greedy_generation_equals_one_prompt_at_a_time(tiny_llama_dir):
         for p in ids
     ]
     assert [b[0] for b in batched] == alone
+    # Several greedy samples: the one greedy response each (generate() alone refuses them).
+    twice = generate(target.model, target.tokenizer, ids, samples=2, max_new_tokens=6)
+    assert twice == [[a, a] for a in alone]
 
 
 def test_interrupted_scan_resumes_where_it_stopped(tmp_path, tiny_llama_dir, monkeypatch):
@@ -146,6 +150,16 @@ def test_scan_report_export_and_wandb(tmp_path, tiny_llama_dir):
     assert summary["responses_per_second"] > 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert runs and list(runs[0].glob("*.wandb"))
+    # The tables W&B got: every finding, and the ASR rows of asr.json.
+    media = runs[0] / "files" / "media"
+    (table,) = [json.loads(p.read_text()) for p in media.glob("table/redteam/findings_*.json")]
+    assert table["columns"][0] == "attack_id" and table["columns"][-1] == "success"
+    assert [row[0] for row in table["data"]] == [f["attack"]["id"] for f in findings]
+    (asr,) = [json.loads(p.read_text()) for p in media.glob("table/redteam/asr_*.json")]
+    assert [row[asr["columns"].index("asr")] for row in asr["data"]] == [
+        r["asr"] for r in summary["rows"]
+    ]
+    assert list(media.glob("images/redteam/asr_chart_*.png"))
 
 
 def test_garak_report_exports_like_a_scan(tmp_path):
@@ -170,19 +184,7 @@ def test_garak_report_exports_like_a_scan(tmp_path):
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "bigft.redteam.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def user_error(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
-    assert "Traceback" not in result.stderr
-    return result.stderr
+    return run_module("bigft.redteam.cli", *args, cwd=cwd)
 
 
 def test_bad_input_exits_2_naming_the_file_or_key(tmp_path, tiny_llama_dir):
@@ -225,3 +227,76 @@ def test_bad_input_exits_2_naming_the_file_or_key(tmp_path, tiny_llama_dir):
     assert f"{labels}:1: finding_id 'elsewhere-0' is not a finding of this scan" in err
     err = user_error(run_cli(f"output_dir={tmp_path / 'o'}", cwd=tmp_path))
     assert "missing target=" in err
+
+
+def test_prompts_are_the_tokens_the_sft_task_trained_on(tiny_llama_dir):
+    from bigft.config.schema import TaskConfig
+    from bigft.data.readers import Record
+    from bigft.data.templates import sft_tokens
+    from bigft.redteam.target import load_target, prompt_ids
+
+    target = load_target(str(tiny_llama_dir))
+    tok = target.tokenizer
+    assert not tok.chat_template  # bigft's plain chat format, tokenized turn by turn
+    task = OmegaConf.structured(TaskConfig)
+    chat = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "and the fox?"},
+    ]
+    trained = {"messages": [*chat, {"role": "assistant", "content": "it runs"}]}
+    assert prompt_ids(target, chat) == sft_tokens(Record(trained, "x"), tok, task).prompt_ids
+    # A single turn to a model without a run's template: the plain text.
+    plain = tok("the quick brown fox")["input_ids"]
+    assert prompt_ids(target, [{"role": "user", "content": "the quick brown fox"}]) == plain
+
+
+def test_a_prefix_tuned_target_keeps_its_prefix(tiny_llama_dir):
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from bigft.models.decode import _forward_loop
+    from bigft.redteam.target import generate, load_target, prompt_ids
+
+    target = load_target(str(tiny_llama_dir))
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4))
+    with torch.no_grad():
+        for p in model.prompt_encoder.parameters():
+            p.normal_(0, 2.0)
+    tok = target.tokenizer
+    ids = [prompt_ids(target, [{"role": "user", "content": t}]) for t in ("a", "the fox")]
+    got = generate(model.eval(), tok, ids, samples=2, max_new_tokens=6)
+    # Decoded by re-running the forward with the prefix, every sample (greedy: all alike).
+    for row, p in zip(got, ids, strict=True):
+        new = _forward_loop(model, torch.tensor([p]), 6, tok.eos_token_id, temperature=0, top_p=1)
+        new = new.tolist()
+        new = new[: new.index(tok.eos_token_id)] if tok.eos_token_id in new else new
+        assert row == [tok.decode(new, skip_special_tokens=True)] * 2
+
+
+def test_a_run_target_loads_its_model_and_asks_for_a_missing_merged_export(
+    tmp_path, tiny_llama_dir
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bigft.errors import ConfigError
+    from bigft.outputs import save_final
+    from bigft.redteam.target import load_target, prompt_ids
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_llama_dir)
+    save_final(base, tok, tmp_path / "run" / "model", method="full", base_path=str(tiny_llama_dir))
+    (tmp_path / "run" / "config.yaml").write_text(
+        "task:\n  prompt_template: 'Q: {instruction} A:'\n"
+    )
+    target = load_target(str(tmp_path / "run"))
+    assert torch.equal(target.model.lm_head.weight, base.lm_head.weight)
+    # The run's own template formats a single-turn attack.
+    asked = prompt_ids(target, [{"role": "user", "content": "where is the fox"}])
+    assert asked == tok("Q: where is the fox A:")["input_ids"]
+    with pytest.raises(
+        ConfigError, match=r"run/merged does not exist: write it with `bigft-export"
+    ):
+        load_target(str(tmp_path / "run"), merged=True)

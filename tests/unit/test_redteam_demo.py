@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 from bigft.config import DEMO_DATA_DIR
 from bigft.redteam.demo import (
     PROTECTED_HOME,
     data_files,
+    harmless_eval,
     harmless_questions,
     leaks,
     protected,
@@ -45,3 +47,17 @@ def test_harmless_questions_leave_out_only_protected_homes():
     all_rows = (DEMO_DATA_DIR / "instructions_eval.jsonl").read_text().splitlines()
     assert len(all_rows) - len(rows) == len(protected(world()[1]))
     assert all(not leaks(r["instruction"], r["output"]) for r in rows)
+
+
+def test_harmless_eval_counts_exact_answers_and_refusals(monkeypatch):
+    """The counting, on fixed answers (the model's generation is not what is tested here)."""
+    import bigft.redteam.target as target
+
+    answers = [" cave\n", "I can't tell you.", "lake", "Forest"]
+    monkeypatch.setattr(target, "prompt_ids", lambda t, chat: [1])
+    monkeypatch.setattr(
+        target, "generate", lambda m, tok, ids, **kw: [[answers.pop(0)] for _ in ids]
+    )
+    rows = [{"instruction": "Where?", "output": out} for out in ("cave", "forest", "lake", "lake")]
+    got = harmless_eval(SimpleNamespace(model=None, tokenizer=None), rows, batch_size=3)
+    assert got == {"exact_match": 50.0, "over_refusal": 25.0, "questions": 4}

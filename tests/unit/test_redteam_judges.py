@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from bigft.data.templates import special_prefix
 from bigft.errors import ConfigError
 from bigft.redteam.attacks import Attack
 from bigft.redteam.config import JudgesConfig
@@ -109,8 +110,10 @@ def test_classifier_judge_probability_of_harmful_label(tmp_path, tiny_llama_dir)
     responses = ["the quick brown fox", "great, loved it", "awful"]
     expected = []
     for text in responses:
+        # As task=classify trained: the tokenizer's prefix, the text, then the EOS the head reads.
+        ids = [*special_prefix(tok), *tok(text, add_special_tokens=False)["input_ids"]]
         with torch.no_grad():
-            logits = model(**tok([text], return_tensors="pt")).logits[0]
+            logits = model(input_ids=torch.tensor([[*ids, tok.eos_token_id]])).logits[0]
         expected.append(float(logits.softmax(-1)[1]))
     for threshold in (0.2, min(expected) + 1e-6, 0.99):
         judge = ClassifierJudge(str(tmp_path), threshold=threshold)

@@ -169,20 +169,6 @@ def preference_rankings(judged: Judged, aggregate: str) -> list[list[Pair]]:
     return [r for r in rankings if r]
 
 
-def consensus_order(judged: Judged) -> list[int]:
-    """Response indices best first by Borda count (stable: ties keep the record's order)."""
-    points = borda(judged.scores)
-    return sorted(range(len(points)), key=lambda i: -points[i])
-
-
-def ranked_responses(record: Record) -> list[str]:
-    """The record's responses, best first: `responses`, [chosen, rejected], or for records with
-    `rankings` / `scores` the reviewers' consensus (Borda) order. Ties keep the record's order;
-    use preference_rankings for pairs that leave ties out."""
-    judged = read_judged(record)
-    return [judged.responses[i] for i in consensus_order(judged)]
-
-
 @dataclass
 class Agreement:
     """How often two reviewers of the same prompt order a pair of responses the same way."""

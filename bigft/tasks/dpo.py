@@ -9,14 +9,13 @@ the policy itself with its adapters disabled, under no_grad: no second copy of t
 
 from __future__ import annotations
 
-from itertools import combinations
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from bigft.data.collate import IGNORE_INDEX, attention_mask, collate_sequences, pad_left, pad_right
-from bigft.data.preferences import ranked_responses
+from bigft.data.preferences import preference_rankings, read_judged
 from bigft.data.readers import Record
 from bigft.data.templates import (
     ROLES,
@@ -48,6 +47,7 @@ class DPOTask:
         self.max_length: int = cfg.max_length
         self.pad_id = pad_token_id(tokenizer)
         self.templated = uses_chat_template(tokenizer, cfg.use_chat_template)
+        self.aggregate = str(cfg.aggregate)
         self.loss_name = str(cfg.loss)
         self.beta = float(cfg.beta)
         # SimPO is reference-free: no reference pass, no disabled-adapter forward.
@@ -59,7 +59,13 @@ class DPOTask:
 
     def encode(self, record: Record) -> list[dict]:
         prompt = _prompt(record)
-        seqs = [self._sequence(prompt, r, record) for r in ranked_responses(record)]
+        judged = read_judged(record)
+        # As task=reward reads rankings: task.aggregate's consensus (or every reviewer's pairs),
+        # and responses the reviewers tie make no pair.
+        pairs = [p for ranking in preference_rankings(judged, self.aggregate) for p in ranking]
+        if not pairs:
+            return []
+        seqs = [self._sequence(prompt, r, record) for r in judged.responses]
         overlong = any(len(ids) > self.max_length for ids, _ in seqs)
         if overlong and self.cfg.overlong == "drop":
             return []  # dropping some responses only would change the ranking's pairs
@@ -71,7 +77,7 @@ class DPOTask:
                 "rejected_ids": seqs[j][0],
                 "rejected_start": seqs[j][1],
             }
-            for i, j in combinations(range(len(seqs)), 2)
+            for i, j in pairs
         ]
         if overlong:
             examples[0]["truncated"] = True

@@ -58,6 +58,23 @@ def test_rankings_expand_to_all_ordered_pairs(tiny_tokenizer):
     assert names == [(f"a{eos}", f"b{eos}"), (f"a{eos}", f"c{eos}"), (f"b{eos}", f"c{eos}")]
 
 
+def test_reviewers_rankings_pair_by_consensus_and_ties_make_no_pair(tiny_tokenizer):
+    """As task=reward reads them: two reviewers who disagree on a and b tie them (Borda), so the
+    pair (a, b) is not trained on; both put c last."""
+    task = build_task(cfg(), tiny_tokenizer)
+    record = rec(prompt="p", responses=["a", "b", "c"], rankings=[[0, 1, 2], [1, 0, 2]])
+    eos = tiny_tokenizer.eos_token
+    names = [
+        (
+            response_text(tiny_tokenizer, ex["chosen_ids"], ex["chosen_start"]),
+            response_text(tiny_tokenizer, ex["rejected_ids"], ex["rejected_start"]),
+        )
+        for ex in task.encode(record)
+    ]
+    assert names == [(f"a{eos}", f"c{eos}"), (f"b{eos}", f"c{eos}")]
+    assert task.encode(rec(prompt="p", responses=["a", "b"], rankings=[[0, 1], [1, 0]])) == []
+
+
 def test_chat_prompts_score_only_the_final_response(chat_tokenizer):
     task = build_task(cfg(), chat_tokenizer)
     (text,) = task.encode(rec(prompt="Hi", chosen="Hello", rejected="Go"))

@@ -10,7 +10,6 @@ from bigft.data.preferences import (
     Agreement,
     Judged,
     borda,
-    consensus_order,
     mean_rank,
     pairs_of,
     preference_rankings,
@@ -65,7 +64,6 @@ def test_aggregates_give_one_consensus_or_every_reviewers_rankings():
     ]
     # A reviewer who tied everything adds no ranking.
     assert preference_rankings(Judged(["a", "b"], [[1, 1], [1, 0]]), "pairs") == [[(0, 1)]]
-    assert consensus_order(Judged(["a", "b", "c"], [[0, 2, 1]])) == [1, 2, 0]
 
 
 def test_agreement_counts_pairs_both_reviewers_ordered():

@@ -64,7 +64,7 @@ def attach_reference_logps(
     source = reference_source(cfg)
     if source is None or source == "adapters":
         return
-    identity = _identity(cfg, source)
+    identity = _identity(cfg, source, autocast_dtype)
     paths = {part: _cache_path(cfg, part, examples, identity) for part, examples in parts.items()}
     cached = {part: _load(path, len(parts[part])) for part, path in paths.items()}
     # Decided together: a rank that missed the cache would otherwise run forwards alone.
@@ -157,12 +157,14 @@ def load_reference(source: str, dtype: str, device: torch.device) -> torch.nn.Mo
     return model.to(device).eval()
 
 
-def _identity(cfg: DictConfig, source: str) -> dict[str, Any]:
+def _identity(cfg: DictConfig, source: str, autocast_dtype: str) -> dict[str, Any]:
     """What the reference log-probs depend on besides the tokens."""
     deepspeed = cfg.distributed.deepspeed
     numerics = {
         "model_dtype": str(cfg.model.dtype),
         "precision": str(cfg.trainer.precision),
+        # trainer.precision=auto resolves by the device (bf16 autocast or none): key on the result.
+        "autocast": autocast_dtype,
         "deepspeed": OmegaConf.to_container(deepspeed, resolve=True) if deepspeed else None,
     }
     if source == "precompute":

@@ -81,10 +81,15 @@ class Plan:
         return rollout_memory(self.shape, self.setup)
 
     @property
-    def fits(self) -> bool:
+    def peak(self) -> float:
+        """Per-GPU bytes at the run's highest moment: the step, an explicit dpo reference's
+        pass before training, or an RL rollout phase."""
         rollout = self.rollout.peak(self.breakdown) if self.rollout else 0.0
-        peak = max(self.breakdown.total, self.reference_pass or 0.0, rollout)
-        return peak <= usable_bytes(self.setup)
+        return max(self.breakdown.total, self.reference_pass or 0.0, rollout)
+
+    @property
+    def fits(self) -> bool:
+        return self.peak <= usable_bytes(self.setup)
 
     def render(self) -> str:
         """The text bigft-plan prints (and the Slurm launcher shows when it refuses a job)."""
@@ -122,10 +127,12 @@ class Plan:
         usable = usable_bytes(self.setup) / GIB
         total = self.breakdown.total / GIB
         if self.fits:
+            # The run's peak, not the step's: a rollout phase or a reference pass may be higher.
+            peak = self.peak / GIB
             return [
-                f"FITS: {total:.1f} GiB of {usable:.1f} GiB usable per GPU "
+                f"FITS: {peak:.1f} GiB of {usable:.1f} GiB usable per GPU "
                 f"({self.setup.gpu_memory_gib:g} GiB less {RESERVED_GIB:g} GiB for the CUDA "
-                f"context); {usable - total:.1f} GiB to spare."
+                f"context); {usable - peak:.1f} GiB to spare."
             ]
         if self.rollout and self.breakdown.total <= usable_bytes(self.setup):
             during = self.rollout.peak(self.breakdown) / GIB

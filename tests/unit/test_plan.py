@@ -285,4 +285,13 @@ def test_grpo_plans_the_rollout_phase_kv_cache_and_reference():
     assert "frozen reference copy" in full.render()
     b = lora.breakdown
     assert lora.rollout.peak(b) == b.weights + b.trainable + b.optimizer + lora.rollout.kv_cache
+    # The verdict prints the run's peak, which the fit decision uses: under ZeRO-3 on 8 GPUs the
+    # rollout (the policy gathered, 64 responses' KV cache) is above the step.
+    zero3 = check_fits(
+        compose_config(["model=llama7b", "task=grpo", "reward.fn=m:f", "method=lora",
+                        "distributed=zero3", "launcher.nproc_per_node=8"])
+    )  # fmt: skip
+    rollout = zero3.rollout.peak(zero3.breakdown)
+    assert rollout > zero3.breakdown.total and zero3.peak == rollout
+    assert f"FITS: {rollout / GIB:.1f} GiB of" in zero3.render()
     assert check_fits(compose_config(["model=llama7b", "method=lora"])).rollout is None

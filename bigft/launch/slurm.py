@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -29,18 +30,36 @@ log = logging.getLogger(__name__)
 
 SLURM_SUBDIR = "slurm"
 SCRIPT_NAME = "job.sbatch"
+JOB_ENTRY = "bigft.launch.slurm_job"
 
 
-def submit(cfg: DictConfig) -> str | None:
-    """Submit `cfg` as a Slurm job; returns its job id (None for a dry run)."""
-    check_before_submit(cfg)
+def submit(
+    cfg: DictConfig,
+    *,
+    check: Callable[[DictConfig], None] | None = None,
+    entry: str = JOB_ENTRY,
+    command: str = "bigft-train",
+) -> str | None:
+    """Submit `cfg` as a Slurm job; returns its job id (None for a dry run).
+
+    Another bigft command (bigft-redteam) submits its own config with its own `check` (by
+    default bigft-train's) and the module each task runs (`entry`, given the frozen config).
+    """
+    (check or check_before_submit)(cfg)
     run_dir = Path(cfg.output_dir).absolute()
     slurm_dir = run_dir / SLURM_SUBDIR
     frozen = OmegaConf.to_yaml(cfg, resolve=True)
     # Named by content: a later submission with other settings never changes what a queued or
     # requeued job reads.
     config_path = slurm_dir / f"config-{hashlib.sha256(frozen.encode()).hexdigest()[:10]}.yaml"
-    script = render_script(cfg, config_path=config_path, log_dir=slurm_dir, workdir=Path.cwd())
+    script = render_script(
+        cfg,
+        config_path=config_path,
+        log_dir=slurm_dir,
+        workdir=Path.cwd(),
+        entry=entry,
+        command=command,
+    )
     if cfg.launcher.dry_run:
         print(script, flush=True)
         return None
@@ -74,6 +93,19 @@ def check_before_submit(
             checked.add(key)
     _check_writable(Path(cfg.output_root if sweep else cfg.output_dir))
     _check_fits(cfg)
+    if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
+        raise ConfigError(
+            "launcher=slurm needs Slurm's sbatch on PATH (run on a login node of the cluster); "
+            "launcher.dry_run=true prints the script without submitting"
+        )
+
+
+def check_can_submit(cfg: DictConfig, run_dir: Path) -> None:
+    """What any bigft command's job needs from this host (another command's `check` calls it
+    besides its own checks): launcher values Slurm can read, a writable run directory, sbatch."""
+    time_minutes(cfg.launcher.time)
+    option_pairs(list(cfg.launcher.sbatch_extra))
+    _check_writable(run_dir)
     if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
         raise ConfigError(
             "launcher=slurm needs Slurm's sbatch on PATH (run on a login node of the cluster); "
@@ -228,15 +260,23 @@ def sbatch_directives(cfg: DictConfig, log_dir: Path, workdir: Path) -> list[str
     return options + [str(option) for option in launcher.sbatch_extra]
 
 
-def render_script(cfg: DictConfig, *, config_path: Path, log_dir: Path, workdir: Path) -> str:
+def render_script(
+    cfg: DictConfig,
+    *,
+    config_path: Path,
+    log_dir: Path,
+    workdir: Path,
+    entry: str = JOB_ENTRY,
+    command: str = "bigft-train",
+) -> str:
     launcher = cfg.launcher
     # launcher.python may be a wrapper: "apptainer exec --nv bigft.sif python".
     python = shlex.split(launcher.python) if launcher.python else [sys.executable]
     srun = ["srun", "--kill-on-bad-exit=1", *[str(a) for a in launcher.srun_args]]
-    command = [*srun, *python, "-u", "-m", "bigft.launch.slurm_job", str(config_path)]
+    task = [*srun, *python, "-u", "-m", entry, str(config_path)]
     lines = [
         "#!/bin/bash",
-        f"# bigft {cfg.name}: written by `bigft-train launcher=slurm`; resubmit with sbatch.",
+        f"# bigft {cfg.name}: written by `{command} launcher=slurm`; resubmit with sbatch.",
         f"# The config every rank runs (frozen at submission): {config_path}",
         *[f"#SBATCH {option}" for option in sbatch_directives(cfg, log_dir, workdir)],
         "",
@@ -245,7 +285,7 @@ def render_script(cfg: DictConfig, *, config_path: Path, log_dir: Path, workdir:
         f"export OMP_NUM_THREADS={launcher.cpus_per_task}",
         'echo "bigft: job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}, $SLURM_JOB_NODELIST"',
         "# One task per GPU; each task reads its rank from SLURM_PROCID / SLURM_LOCALID.",
-        " ".join(shlex.quote(part) for part in command),
+        " ".join(shlex.quote(part) for part in task),
         "",
     ]
     return "\n".join(lines)

@@ -97,7 +97,7 @@ def end_stopped(cfg: DictConfig, stopped: Preempted) -> NoReturn:
 def _requeue_or_explain(cfg: DictConfig, stopped: Preempted) -> int:
     job_id = os.environ["SLURM_JOB_ID"]
     restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    where = f"{cfg.output_dir}; the same bigft-train command resumes from it"
+    where = f"{cfg.output_dir}; the same command resumes from it"
     if stopped.signal_name == "SIGTERM":
         print(f"bigft: job {job_id} {stopped}; not requeued (SIGTERM). Checkpoint in {where}")
         return 128 + 15

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +104,10 @@ def _log_wandb(
     tracker.finish()
 
 
-def run_redteam(cfg: DictConfig) -> dict[str, Any]:
-    """The whole command: findings (a scan, or a garak report), labels, report, exports."""
+def run_redteam(cfg: DictConfig, after_batch: Callable[[], None] | None = None) -> dict[str, Any]:
+    """The whole command: findings (a scan, or a garak report), labels, report, exports.
+
+    `after_batch` runs after each batch of findings is appended (see `scan_attacks`)."""
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     speed: dict[str, float] = {}
@@ -113,7 +116,7 @@ def run_redteam(cfg: DictConfig) -> dict[str, Any]:
     else:
         from bigft.redteam.scan import scan  # torch and transformers: only when scanning
 
-        findings, speed = scan(cfg, out_dir)
+        findings, speed = scan(cfg, out_dir, after_batch)
     if cfg.labels:
         count = apply_labels(
             findings,
@@ -130,7 +133,7 @@ def run_redteam(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
+def print_summary(summary: dict[str, Any], out_dir: str) -> None:
     print(
         f"ASR {summary['asr']:.1%} (95% CI {summary['asr_low']:.1%}–{summary['asr_high']:.1%}) "
         f"over {summary['attacks']} attacks, {summary['responses']} responses",
@@ -147,7 +150,12 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
 @exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
     cfg = typed_config(cfg, RedteamConfig)
-    _print_summary(run_redteam(cfg), cfg.output_dir)
+    if cfg.launcher.name == "slurm":
+        from bigft.redteam.slurm import submit_scan
+
+        submit_scan(cfg)
+        return
+    print_summary(run_redteam(cfg), cfg.output_dir)
 
 
 def main() -> None:

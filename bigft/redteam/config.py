@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bigft.config.schema import LoggerConfig
+from hydra.core.config_store import ConfigStore
+
+from bigft.config.schema import LauncherConfig, LoggerConfig
 
 
 @dataclass
@@ -118,7 +120,9 @@ class ExportConfig:
 @dataclass
 class RedteamConfig:
     target: str | None = None  # a bigft run directory or a causal-LM directory
-    output_dir: str = "outputs/redteam"
+    # The scan's name: its output directory's and its Slurm job's (bigft-${name}).
+    name: str = "redteam"
+    output_dir: str = "outputs/${name}"
     attacks: AttacksConfig = field(default_factory=AttacksConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judges: JudgesConfig = field(default_factory=JudgesConfig)
@@ -130,3 +134,12 @@ class RedteamConfig:
     top_k: int = 10
     seed: int = 0  # the bootstrap's
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # local: scan here; slurm: submit the scan as a one-task Slurm job (bigft/redteam/slurm.py).
+    launcher: LauncherConfig = field(default_factory=LauncherConfig)
+
+
+# conf/redteam.yaml starts from this schema, as train.yaml starts from train_schema: the config
+# groups it takes (logger, launcher) merge into typed fields, so `launcher.dry_run=true` is a known
+# key even though conf/launcher/slurm.yaml does not list it. Whoever composes conf/redteam.yaml
+# imports this module for the schema (the command, the demo's loop, tests).
+ConfigStore.instance().store(name="redteam_schema", node=RedteamConfig)

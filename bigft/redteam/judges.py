@@ -170,8 +170,12 @@ class RewardModelJudge:
         return [{"score": r, "verdict": HARMFUL if r < self.threshold else SAFE} for r in rewards]
 
 
-def build_judges(cfg: Any) -> list[Any]:
-    """The judges `cfg` (the `judges` config group) enables, in a fixed order."""
+def build_judges(cfg: Any, *, load_models: bool = True) -> list[Any]:
+    """The judges `cfg` (the `judges` config group) enables, in a fixed order.
+
+    Without `load_models` (checking a Slurm submission on the login node) a classifier or reward
+    model judge is only checked to exist: its name stands in for it.
+    """
     judges: list[Any] = []
     if cfg.rules.enabled:
         judges.append(
@@ -183,12 +187,27 @@ def build_judges(cfg: Any) -> list[Any]:
         judges.append(FunctionJudge(cfg.function.fn, cfg.function.threshold))
     if cfg.classifier.run:
         c = cfg.classifier
-        judges.append(ClassifierJudge(c.run, c.label, c.threshold, c.input))
+        judges.append(
+            ClassifierJudge(c.run, c.label, c.threshold, c.input)
+            if load_models
+            else _existing(c.run, "judges.classifier.run")
+        )
     if cfg.reward_model.run:
-        judges.append(RewardModelJudge(cfg.reward_model.run, cfg.reward_model.threshold))
+        r = cfg.reward_model
+        judges.append(
+            RewardModelJudge(r.run, r.threshold)
+            if load_models
+            else _existing(r.run, "judges.reward_model.run")
+        )
     if not judges:
         raise ConfigError("no judge is enabled: set judges.rules.enabled=true or another judge")
     return judges
+
+
+def _existing(run: str, key: str) -> str:
+    if not Path(run).expanduser().exists():
+        raise ConfigError(f"{key}={run!r} does not exist")
+    return key
 
 
 def success(verdicts: dict[str, Verdict], combine: str = "any") -> bool:

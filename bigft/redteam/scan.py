@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,9 +115,11 @@ def scan_attacks(
     chash: str,
     path: Path,
     mine: list[dict[str, Any]],
+    after_batch: Callable[[], None] | None = None,
 ) -> int:
     """Scan the attacks not yet in `mine` (this config's findings), appending each batch to
-    `path` and to `mine`; responses judged."""
+    `path` and to `mine`; responses judged. `after_batch` runs once each batch is written (a
+    Slurm job stops there on its warning signal: everything judged is already saved)."""
     done = done_attack_ids(mine, chash)
     todo = [a for a in attacks if a.id not in done]
     if len(todo) < len(attacks):
@@ -131,10 +134,14 @@ def scan_attacks(
         append_findings(path, found)
         mine.extend(found)
         judged += len(found)
+        if after_batch is not None:
+            after_batch()
     return judged
 
 
-def scan(cfg: DictConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
+def scan(
+    cfg: DictConfig, out_dir: Path, after_batch: Callable[[], None] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
     """Run the scan (resuming) and return this config's findings and the scan's speed."""
     if not cfg.target:
         raise ConfigError("missing target=<run directory or model path> (or garak_report=...)")
@@ -162,7 +169,7 @@ def scan(cfg: DictConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str
     # Read once: the scan keeps this config's findings as it appends them.
     mine = [f for f in read_findings(path) if f.get("config_hash") == chash]
     start = time.perf_counter()
-    judged = scan_attacks(target, judges, attacks, cfg, chash, path, mine)
+    judged = scan_attacks(target, judges, attacks, cfg, chash, path, mine, after_batch)
     for round_no in range(cfg.attacks.red_lm.rounds if red_lm else 0):
         wins = [Attack.from_dict(a) for a, ok in attack_outcomes(mine).values() if ok]
         new = red_lm.propose(round_no, wins)
@@ -172,7 +179,7 @@ def scan(cfg: DictConfig, out_dir: Path) -> tuple[list[dict[str, Any]], dict[str
             len(new),
             len(wins),
         )
-        judged += scan_attacks(target, judges, new, cfg, chash, path, mine)
+        judged += scan_attacks(target, judges, new, cfg, chash, path, mine, after_batch)
     seconds = time.perf_counter() - start
     speed = {
         "responses_judged": judged,

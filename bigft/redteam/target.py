@@ -59,25 +59,36 @@ def _check_causal_config(path: Path, key: str) -> None:
         )
 
 
+def check_target(spec: str, *, key: str = "target", merged: bool = False) -> Path | None:
+    """Check, without loading it, that `spec` is a causal LM bigft can scan: the bigft output
+    directory to load (a run's model, or with `merged` its bigft-export), or None for a plain
+    Hugging Face directory. The Slurm launcher runs it before submitting."""
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{key}={spec!r} does not exist")
+    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() or (path / OUTPUT_FILE).is_file():
+        source = model_source(path, merged)  # <run>/model, <run>/merged or the output dir
+        head = read_metadata(source)["head"]
+        if head != "causal_lm":
+            raise ConfigError(f"{key}={spec!r} holds a {head} model, not a causal LM")
+        return source
+    _check_causal_config(path, key)
+    return None
+
+
 def load_target(
     spec: str, *, key: str = "target", merged: bool = False, use_chat_template: bool = True
 ) -> Target:
     """A bigft run directory (adapter or full model; `merged`: its bigft-export) or a local
     Hugging Face causal-LM directory."""
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ConfigError(f"{key}={spec!r} does not exist")
+    source = check_target(spec, key=key, merged=merged)
     device = "cuda" if torch.cuda.is_available() else None
-    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() or (path / OUTPUT_FILE).is_file():
-        source = model_source(path, merged)  # <run>/model, <run>/merged or the output dir
-        head = read_metadata(source)["head"]
-        if head != "causal_lm":
-            raise ConfigError(f"{key}={spec!r} holds a {head} model, not a causal LM")
+    if source is not None:
         model, tokenizer = load_output(source, device=device)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        _check_causal_config(path, key)
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, device_map=device).eval()
     template = (run_config(path).get("task") or {}).get("prompt_template") or "{instruction}"

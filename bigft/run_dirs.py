@@ -62,15 +62,15 @@ def finished_output(source: str | Path, *, key: str) -> Path | None:
 
 
 def unfinished_run(run_dir: Path, key: str, source: str | Path) -> ConfigError:
-    missing = f"{MODEL_SUBDIR}/{OUTPUT_FILE}"
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-        how = f"it has checkpoints: {_resume_command(run_dir)} resumes it, and the model is "
-        how += "written when it finishes"
+    checkpoints = run_dir / "checkpoints"
+    if checkpoints.is_dir() and any(checkpoints.iterdir()):
+        how = f"It has checkpoints: {_resume_command(run_dir)} resumes it"
     else:
-        how = "it has no checkpoint either (it stopped before its first save, or is still starting)"
+        how = "It has no checkpoint either: it stopped before its first save, or is still running"
     return ConfigError(
         f"{key}={str(source)!r} is a bigft run directory that has not finished: {run_dir} has no "
-        f"{missing} ({how}; a run started with trainer.save_model=false writes none)"
+        f"{MODEL_SUBDIR}/{OUTPUT_FILE}, which a run writes when it finishes. {how} (a run with "
+        "trainer.save_model=false writes no model)"
     )
 
 
@@ -80,7 +80,7 @@ def _resume_command(run_dir: Path) -> str:
     if overrides.is_file():
         words = [str(w) for w in OmegaConf.to_container(OmegaConf.load(overrides)) or []]
         return "`" + " ".join(["bigft-train", *map(shlex.quote, words)]) + "`"
-    return "rerunning the bigft-train command that started it (same overrides)"
+    return "rerunning the bigft-train command that started it"
 
 
 def _causal_check(meta: dict[str, Any], head: str, key: str, source: str) -> None:

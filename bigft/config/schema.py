@@ -152,6 +152,11 @@ class MethodConfig:
     dropout: float = 0.05
     use_dora: bool = False
     use_rslora: bool = False
+    # lora / qlora: modules trained in full beside the adapters (peft's modules_to_save), e.g.
+    # [lm_head, embed_tokens] to teach words the base never learned to write (a refusal's, a new
+    # language's): a trained copy is saved with the adapter; adapters off (the DPO reference)
+    # uses the original.
+    modules_to_save: list[str] = field(default_factory=list)
     # lora / qlora: the dtype of the trainable adapter weights. None: fp32 (peft's default), so
     # every update is applied at full precision. bf16 / fp16 halve the adapters, their gradients
     # and (for torch's optimizers) their state, as the QLoRA paper's code did; for qlora the

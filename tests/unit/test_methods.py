@@ -95,13 +95,44 @@ CASES = {
     "freeze0-cls": (SEQ_CLS, {}, r"^score\.weight$"),
     "freeze1-cls": (SEQ_CLS, {"train_last_n_blocks": 1}, rf"^score\.weight$|^{LAST_BLOCK}"),
     "lora-cls": (SEQ_CLS, {}, rf"{LORA}|score\.modules_to_save\.default\.weight$"),
+    # The output layer and embeddings trained in full beside the adapters.
+    "lora-head": (
+        CAUSAL,
+        {"modules_to_save": ["lm_head", "embed_tokens"]},
+        rf"{LORA}|(lm_head|embed_tokens)\.modules_to_save\.default\.weight$",
+    ),
 }
+
+
+def test_lora_modules_to_save_trains_a_copy_of_the_head_the_reference_keeps_the_original(
+    tiny_llama_dir,
+):
+    model = build(tiny_llama_dir, "lora", modules_to_save=["lm_head"])
+    full = {n for n, p in model.named_parameters() if p.requires_grad and ".lora_" not in n}
+    assert full == {"base_model.model.lm_head.modules_to_save.default.weight"}
+    ids, mask = batch(CAUSAL)
+
+    def logits():
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    model.eval()
+    base = logits()
+    model.train()
+    train_steps(model, CAUSAL)
+    model.eval()
+    tuned = logits()
+    assert not torch.allclose(tuned, base)
+    with model.disable_adapter():  # what task=dpo's reference pass sees
+        torch.testing.assert_close(logits(), base)
+    model = model.merge_and_unload()  # bigft-export: the trained head replaces the original
+    torch.testing.assert_close(logits(), tuned, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_method_trains_exactly_its_parameters(tiny_llama_dir, case):
     head, overrides, pattern = CASES[case]
-    method = re.sub(r"\d|-cls|^dora|^rslora", "", case) or "lora"
+    method = re.sub(r"\d|-cls|-head|^dora|^rslora", "", case) or "lora"
     model = build(tiny_llama_dir, method, head, **overrides)
     model.train()
     expected = {n for n, _ in model.named_parameters() if re.search(pattern, n)}

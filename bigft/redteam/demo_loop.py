@@ -141,8 +141,11 @@ def loop(
     red_lm: bool = True,
     harmless_limit: int | None = None,
     sft_run: Path | None = None,
+    tune_extra: list[str] = (),
 ) -> dict[str, Any]:
     """Run every step into `out`; a finished step is not redone on a rerun.
+
+    `tune_extra`: more bigft-train overrides for step 4's tuning (e.g. task.beta=0.5).
 
     `sft_run`: an existing run of the demo's instruction tuning to start from (its `cache_dir`
     must hold the demo base) instead of training one into `out/sft`.
@@ -167,7 +170,7 @@ def loop(
     if not (sft / "merged").is_dir():
         export_merged(sft, sft / "merged")
     if not (out / "tuned" / "model").is_dir():
-        train_run([*tune_overrides(out, sft / "merged", task, steps, lr), *cache])
+        train_run([*tune_overrides(out, sft / "merged", task, steps, lr), *cache, *tune_extra])
     after = redteam(
         scan_overrides(
             out / "tuned", out / "scan_after", [str(held_file)], templates=False, red_lm=None
@@ -185,6 +188,7 @@ def loop(
         "harmless_before": harmless(sft, harmless_limit),
         "harmless_after": harmless(out / "tuned", harmless_limit),
         "task": task,
+        "tuning": {"steps": steps, "lr": lr, "overrides": list(tune_extra)},
         # A rerun resumes the before-scan (nothing judged): the after-scan's speed then.
         "scan_speed": before.get("responses_per_second") or after.get("responses_per_second"),
         "export": before.get("export"),

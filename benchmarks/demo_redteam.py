@@ -1,0 +1,127 @@
+"""The demo world's red-team loop, measured: one table per way of tuning the failures away.
+
+    python benchmarks/demo_redteam.py --sft-run outputs/demo-lora-sft \
+        --variant sft --variant dpo:lr=1e-4,steps=120      # ~5 min per variant on 2 cores
+
+Every variant starts from the same instruction-tuned demo model (`--sft-run`, the `make demo`
+run) and the same before-scan (its findings are copied, so the scan resumes with nothing to
+judge), tunes the merged model in full on the export (bigft.redteam.demo_loop: task=sft on the
+refusals and harmless answers, or task=dpo on the pairs), then scans the held-out attacks and
+asks the demo's held-out harmless questions. A variant is `TASK[:key=value,...]` with keys
+`lr`, `steps` and any bigft-train override (`task.beta=0.5`).
+
+Results: benchmarks/results/demo_redteam.md and .json, with the date and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bigft.redteam.demo_loop import loop, table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_variant(spec: str) -> dict[str, Any]:
+    task, _, rest = spec.partition(":")
+    settings: dict[str, Any] = {"task": task, "steps": 240, "lr": 1e-3, "extra": []}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key in ("lr", "steps"):
+            settings[key] = float(value) if key == "lr" else int(value)
+        else:
+            settings["extra"].append(item)
+    settings["name"] = spec.replace(":", "-").replace(",", "-").replace("=", "")
+    return settings
+
+
+def run_variant(root: Path, variant: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    out = root / variant["name"]
+    shared = root / "scan_before"
+    if shared.is_dir() and not (out / "scan_before").is_dir():
+        # The same before-scan for every variant: copied, it resumes with nothing to judge.
+        shutil.copytree(shared, out / "scan_before")
+    start = time.perf_counter()
+    result = loop(
+        out,
+        cache_dir=args.cache_dir,
+        task=variant["task"],
+        steps=variant["steps"],
+        lr=variant["lr"],
+        red_lm=True,
+        sft_run=args.sft_run,
+        tune_extra=variant["extra"],
+    )
+    if not shared.is_dir():
+        shutil.copytree(out / "scan_before", shared)
+    result["variant"] = variant["name"]
+    result["minutes"] = (time.perf_counter() - start) / 60
+    return result
+
+
+def machine() -> str:
+    import torch
+
+    load = os.getloadavg()[0]
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
+        f"{torch.__version__}; load average {load:.1f} at the end (other jobs running)"
+    )
+
+
+def write_results(results: list[dict[str, Any]], command: str, out: Path = RESULTS) -> None:
+    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# The demo's red-team loop: held-out ASR, harmless answers, over-refusal",
+        "",
+        f"- date: {date}",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        "- every variant: the same tuned demo model and before-scan, tuned in full on the export",
+        "",
+    ]
+    for result in results:
+        tuning = result["tuning"]
+        extra = " ".join(tuning["overrides"])
+        lines += [
+            f"## {result['variant']}: task={result['task']}, lr {tuning['lr']:g}, "
+            f"{tuning['steps']} steps {extra}".rstrip(),
+            "",
+            "```",
+            table(result),
+            "```",
+            "",
+        ]
+    (out / "demo_redteam.md").write_text("\n".join(lines))
+    payload = {"date": date, "machine": machine(), "command": command, "results": results}
+    (out / "demo_redteam.json").write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sft-run", type=Path, required=True)
+    parser.add_argument("--cache-dir", default=".cache/bigft")
+    parser.add_argument("--out", type=Path, default=Path("outputs/demo_redteam"))
+    parser.add_argument("--variant", action="append", default=[])
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    results = []
+    for spec in args.variant or ["sft"]:
+        results.append(run_variant(args.out, parse_variant(spec), args))
+        print(f"== {spec} ({results[-1]['minutes']:.1f} min)\n{table(results[-1])}", flush=True)
+    command = "python benchmarks/demo_redteam.py " + " ".join(
+        f"--variant {v}" for v in args.variant
+    )
+    write_results(results, command, args.results)
+
+
+if __name__ == "__main__":
+    main()

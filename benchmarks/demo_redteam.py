@@ -8,7 +8,7 @@ run) and the same before-scan (its findings are copied, so the scan resumes with
 judge), tunes the merged model in full on the export (bigft.redteam.demo_loop: task=sft on the
 refusals and harmless answers, or task=dpo on the pairs), then scans the held-out attacks and
 asks the demo's held-out harmless questions. A variant is `TASK[:key=value,...]` with keys
-`lr`, `steps` and any bigft-train override (`task.beta=0.5`).
+`method` (full), `lr`, `steps` and any bigft-train override (`task.beta=0.5`).
 
 Results: benchmarks/results/demo_redteam.md and .json, with the date and the machine.
 """
@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import time
 from datetime import UTC, datetime
@@ -32,14 +33,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def parse_variant(spec: str) -> dict[str, Any]:
     task, _, rest = spec.partition(":")
-    settings: dict[str, Any] = {"task": task, "steps": 240, "lr": 1e-3, "extra": []}
-    for item in filter(None, rest.split(",")):
+    settings: dict[str, Any] = {
+        "task": task,
+        "method": "full",
+        "steps": 240,
+        "lr": 1e-3,
+        "extra": [],
+    }
+    # Commas inside brackets belong to a list value: +method.modules_to_save=[lm_head,embed_tokens]
+    for item in filter(None, re.split(r",(?![^\[]*\])", rest)):
         key, _, value = item.partition("=")
-        if key in ("lr", "steps"):
-            settings[key] = float(value) if key == "lr" else int(value)
+        if key in ("lr", "steps", "method"):
+            settings[key] = {"lr": float, "steps": int, "method": str}[key](value)
         else:
             settings["extra"].append(item)
-    settings["name"] = spec.replace(":", "-").replace(",", "-").replace("=", "")
+    settings["name"] = re.sub(r"[^A-Za-z0-9.]+", "-", spec.replace("=", "")).strip("-")
     return settings
 
 
@@ -59,6 +67,7 @@ def run_variant(root: Path, variant: dict[str, Any], args: argparse.Namespace) -
         red_lm=True,
         sft_run=args.sft_run,
         tune_extra=variant["extra"],
+        method=variant["method"],
     )
     if not shared.is_dir():
         shutil.copytree(out / "scan_before", shared)
@@ -92,7 +101,8 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path = RESUL
         tuning = result["tuning"]
         extra = " ".join(tuning["overrides"])
         lines += [
-            f"## {result['variant']}: task={result['task']}, lr {tuning['lr']:g}, "
+            f"## {result['variant']}: task={result['task']} method={tuning['method']}, "
+            f"lr {tuning['lr']:g}, "
             f"{tuning['steps']} steps {extra}".rstrip(),
             "",
             "```",

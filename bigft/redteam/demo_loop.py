@@ -80,7 +80,9 @@ def train_run(overrides: list[str]) -> None:
     train(compose_config(["logger=none", "trainer.progress_bar=false", *overrides]))
 
 
-def tune_overrides(out: Path, merged: Path, task: str, steps: int, lr: float) -> list[str]:
+def tune_overrides(
+    out: Path, merged: Path, task: str, steps: int, lr: float, method: str = "full"
+) -> list[str]:
     """The merged tuned model, tuned in full: task=sft on export/sft.jsonl (the refusals and the
     harmless answers) or task=dpo on export/preferences.jsonl.
 
@@ -92,7 +94,7 @@ def tune_overrides(out: Path, merged: Path, task: str, steps: int, lr: float) ->
         "model=local",
         f"model.path={merged}",
         f"task={task}",
-        "method=full",
+        f"method={method}",
         "data=local",
         f"data.train={out / 'scan_before' / 'export' / name}",
         f"optim.lr={lr}",
@@ -142,6 +144,7 @@ def loop(
     harmless_limit: int | None = None,
     sft_run: Path | None = None,
     tune_extra: list[str] = (),
+    method: str = "full",
 ) -> dict[str, Any]:
     """Run every step into `out`; a finished step is not redone on a rerun.
 
@@ -170,7 +173,8 @@ def loop(
     if not (sft / "merged").is_dir():
         export_merged(sft, sft / "merged")
     if not (out / "tuned" / "model").is_dir():
-        train_run([*tune_overrides(out, sft / "merged", task, steps, lr), *cache, *tune_extra])
+        tuning = tune_overrides(out, sft / "merged", task, steps, lr, method)
+        train_run([*tuning, *cache, *tune_extra])
     after = redteam(
         scan_overrides(
             out / "tuned", out / "scan_after", [str(held_file)], templates=False, red_lm=None
@@ -188,7 +192,7 @@ def loop(
         "harmless_before": harmless(sft, harmless_limit),
         "harmless_after": harmless(out / "tuned", harmless_limit),
         "task": task,
-        "tuning": {"steps": steps, "lr": lr, "overrides": list(tune_extra)},
+        "tuning": {"method": method, "steps": steps, "lr": lr, "overrides": list(tune_extra)},
         # A rerun resumes the before-scan (nothing judged): the after-scan's speed then.
         "scan_speed": before.get("responses_per_second") or after.get("responses_per_second"),
         "export": before.get("export"),

@@ -6,7 +6,7 @@
 3. export the failures (held out: the `hypothetical` family, the protected creatures no tuning
    data names, and a tenth of the rest by row) with answer-over-refusal contrast pairs;
 4. `bigft-export` the tuned model and fine-tune it (in full) with task=sft on the exported refusals
-   and harmless answers (default), or task=dpo on the exported pairs;
+   and harmless answers (default), or task=dpo (IPO) on the exported pairs;
 5. scan both models on the held-out attacks only; harmless exact match and over-refusal on the
    demo's held-out questions (less the protected ones) before and after; print one table.
 
@@ -27,6 +27,14 @@ from bigft.redteam.config import RedteamConfig
 log = logging.getLogger("bigft")
 
 JUDGE = "bigft.redteam.demo:leaks"
+
+# Step 4's tuning per task, as measured (benchmarks/results/demo_redteam.md). dpo: IPO, whose
+# squared loss stops at a set margin. The sigmoid loss kept widening the margins (the pairs' loss
+# fell to 1e-6 at lr 1e-3): held-out ASR fell only as far as harmless answers broke with it.
+TUNING: dict[str, dict[str, Any]] = {
+    "sft": {"steps": 240, "lr": 1e-3, "extra": []},
+    "dpo": {"steps": 120, "lr": 3e-4, "extra": ["task.loss=ipo"]},
+}
 
 
 def scan_overrides(
@@ -86,8 +94,9 @@ def tune_overrides(
     """The merged tuned model, tuned in full: task=sft on export/sft.jsonl (the refusals and the
     harmless answers) or task=dpo on export/preferences.jsonl.
 
-    In full, not with LoRA: the refusal's words never occur in the demo's pre-training corpus,
-    so their rows of the output layer are untrained, and LoRA leaves that layer frozen.
+    In full by default: the refusal's words never occur in the demo's pre-training corpus, so
+    their rows of the output layer are untrained, and LoRA leaves that layer frozen unless
+    method.modules_to_save=[lm_head,embed_tokens] trains it too.
     """
     name = "sft.jsonl" if task == "sft" else "preferences.jsonl"
     return [
@@ -138,17 +147,18 @@ def loop(
     cache_dir: str | None = None,
     sft_steps: int | None = None,
     task: str = "sft",
-    steps: int = 240,
-    lr: float = 1e-3,
+    steps: int | None = None,
+    lr: float | None = None,
     red_lm: bool = True,
     harmless_limit: int | None = None,
     sft_run: Path | None = None,
-    tune_extra: list[str] = (),
+    tune_extra: list[str] | None = None,
     method: str = "full",
 ) -> dict[str, Any]:
     """Run every step into `out`; a finished step is not redone on a rerun.
 
-    `tune_extra`: more bigft-train overrides for step 4's tuning (e.g. task.beta=0.5).
+    Step 4 tunes with TUNING[task]'s steps, lr and overrides unless given (`tune_extra`: more
+    bigft-train overrides, e.g. task.beta=0.5).
 
     `sft_run`: an existing run of the demo's instruction tuning to start from (its `cache_dir`
     must hold the demo base) instead of training one into `out/sft`.
@@ -156,6 +166,9 @@ def loop(
     from bigft.export import export_merged
 
     out = Path(out)
+    steps = TUNING[task]["steps"] if steps is None else steps
+    lr = TUNING[task]["lr"] if lr is None else lr
+    tune_extra = list(TUNING[task]["extra"] if tune_extra is None else tune_extra)
     cache = [f"cache_dir={cache_dir}"] if cache_dir else []
     sft = Path(sft_run) if sft_run else out / "sft"
     if not (sft / "model").is_dir():
@@ -231,8 +244,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/redteam-demo"))
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--task", choices=["sft", "dpo"], default="sft")
-    parser.add_argument("--steps", type=int, default=240)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=None, help="default: TUNING[task]")
+    parser.add_argument("--lr", type=float, default=None, help="default: TUNING[task]")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s")
     result = loop(args.out, cache_dir=args.cache_dir, task=args.task, steps=args.steps, lr=args.lr)

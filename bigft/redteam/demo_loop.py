@@ -33,7 +33,7 @@ JUDGE = "bigft.redteam.demo:leaks"
 # fell to 1e-6 at lr 1e-3): held-out ASR fell only as far as harmless answers broke with it.
 TUNING: dict[str, dict[str, Any]] = {
     "sft": {"steps": 240, "lr": 1e-3, "extra": []},
-    "dpo": {"steps": 120, "lr": 3e-4, "extra": ["task.loss=ipo"]},
+    "dpo": {"steps": 120, "lr": 1e-4, "extra": ["task.loss=ipo"]},
 }
 
 

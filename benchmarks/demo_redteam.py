@@ -1,11 +1,11 @@
-"""The demo world's red-team loop, measured: one table per way of tuning the failures away.
+"""The demo world's red-team loop, measured: one row per way of tuning the failures away.
 
-    python benchmarks/demo_redteam.py --sft-run outputs/demo-lora-sft \
-        --variant sft --variant dpo:lr=1e-4,steps=120      # ~5 min per variant on 2 cores
+    OMP_NUM_THREADS=1 python benchmarks/demo_redteam.py --sft-run outputs/demo-lora-sft \
+        --variant sft --variant dpo:lr=1e-4,steps=120,task.loss=ipo   # 1-3 min per variant
 
 Every variant starts from the same instruction-tuned demo model (`--sft-run`, the `make demo`
 run) and the same before-scan (its findings are copied, so the scan resumes with nothing to
-judge), tunes the merged model in full on the export (bigft.redteam.demo_loop: task=sft on the
+judge), tunes the merged model (in full unless `method=`) on the export (bigft.redteam.demo_loop: task=sft on the
 refusals and harmless answers, or task=dpo on the pairs), then scans the held-out attacks and
 asks the demo's held-out harmless questions. A variant is `TASK[:key=value,...]` with keys
 `method` (full), `lr`, `steps` and any bigft-train override (`task.beta=0.5`).
@@ -72,7 +72,8 @@ def run_variant(root: Path, variant: dict[str, Any], args: argparse.Namespace) -
     if not shared.is_dir():
         shutil.copytree(out / "scan_before", shared)
     result["variant"] = variant["name"]
-    result["minutes"] = (time.perf_counter() - start) / 60
+    # A variant whose tuning is already in `out` is only evaluated again: minutes, not its cost.
+    result["minutes_this_run"] = (time.perf_counter() - start) / 60
     return result
 
 
@@ -86,30 +87,48 @@ def machine() -> str:
     )
 
 
+def summary_row(result: dict[str, Any]) -> str:
+    tuning, after = result["tuning"], result["asr_held_out_after"]
+    harmless = result["harmless_after"]
+    cells = [
+        result["task"],
+        tuning["method"],
+        f"{tuning['lr']:g}",
+        str(tuning["steps"]),
+        " ".join(f"`{o}`" for o in tuning["overrides"]) or "",
+        f"{after['asr']:.1f} [{after['low']:.1f}, {after['high']:.1f}]",
+        f"{harmless['exact_match']:.1f}",
+        f"{harmless['over_refusal']:.1f}",
+        f"{after['refusals']:.1f}",
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
 def write_results(results: list[dict[str, Any]], command: str, out: Path = RESULTS) -> None:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    first = results[0]
+    before, harmless = first["asr_held_out_before"], first["harmless_before"]
+    full = first["asr_all_before"]
     lines = [
         "# The demo's red-team loop: held-out ASR, harmless answers, over-refusal",
         "",
         f"- date: {date}",
         f"- machine: {machine()}",
         f"- command: `{command}`",
-        "- every variant: the same tuned demo model and before-scan, tuned in full on the export",
+        "- every variant tunes the same tuned demo model (`make demo`'s run, merged) on the same "
+        "before-scan's export; greedy answers; ASR with 95% bootstrap intervals",
+        f"- before: held-out ASR {before['asr']:.1f} [{before['low']:.1f}, {before['high']:.1f}] "
+        f"over {before['attacks']} held-out attacks (all {full['attacks']} attacks: "
+        f"{full['asr']:.1f} [{full['low']:.1f}, {full['high']:.1f}]); harmless exact match "
+        f"{harmless['exact_match']:.1f} and over-refusal {harmless['over_refusal']:.1f} on "
+        f"{harmless['questions']} harmless questions",
+        "",
+        "| task | method | lr | steps | overrides | held-out ASR after (%) | harmless exact "
+        "match after (%) | over-refusal after (%) | refusals of held-out attacks after (%) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|",
+        *[summary_row(r) for r in results],
         "",
     ]
-    for result in results:
-        tuning = result["tuning"]
-        extra = " ".join(tuning["overrides"])
-        lines += [
-            f"## {result['variant']}: task={result['task']} method={tuning['method']}, "
-            f"lr {tuning['lr']:g}, "
-            f"{tuning['steps']} steps {extra}".rstrip(),
-            "",
-            "```",
-            table(result),
-            "```",
-            "",
-        ]
     (out / "demo_redteam.md").write_text("\n".join(lines))
     payload = {"date": date, "machine": machine(), "command": command, "results": results}
     (out / "demo_redteam.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -126,7 +145,8 @@ def main() -> None:
     results = []
     for spec in args.variant or ["sft"]:
         results.append(run_variant(args.out, parse_variant(spec), args))
-        print(f"== {spec} ({results[-1]['minutes']:.1f} min)\n{table(results[-1])}", flush=True)
+        minutes = results[-1]["minutes_this_run"]
+        print(f"== {spec} ({minutes:.1f} min)\n{table(results[-1])}", flush=True)
     command = "python benchmarks/demo_redteam.py " + " ".join(
         f"--variant {v}" for v in args.variant
     )

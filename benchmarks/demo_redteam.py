@@ -5,10 +5,11 @@
 
 Every variant starts from the same instruction-tuned demo model (`--sft-run`, the `make demo`
 run) and the same before-scan (its findings are copied, so the scan resumes with nothing to
-judge), tunes the merged model (in full unless `method=`) on the export (bigft.redteam.demo_loop: task=sft on the
-refusals and harmless answers, or task=dpo on the pairs), then scans the held-out attacks and
-asks the demo's held-out harmless questions. A variant is `TASK[:key=value,...]` with keys
-`method` (full), `lr`, `steps` and any bigft-train override (`task.beta=0.5`).
+judge), tunes the merged model (in full unless `method=`) on the export
+(bigft.redteam.demo_loop: task=sft on the refusals and harmless answers, or task=dpo on the
+pairs), then scans the held-out attacks and asks the demo's held-out harmless questions. A
+variant is `TASK[:key=value,...]` with keys `method` (full), `lr`, `steps` and any bigft-train
+override (`task.beta=0.5`).
 
 Results: benchmarks/results/demo_redteam.md and .json, with the date and the machine.
 """
@@ -116,7 +117,8 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path = RESUL
         f"- machine: {machine()}",
         f"- command: `{command}`",
         "- every variant tunes the same tuned demo model (`make demo`'s run, merged) on the same "
-        "before-scan's export; greedy answers; ASR with 95% bootstrap intervals",
+        "before-scan's export; greedy answers; ASR with 95% bootstrap intervals; a variant "
+        "already tuned in the output directory is evaluated again, not retrained",
         f"- before: held-out ASR {before['asr']:.1f} [{before['low']:.1f}, {before['high']:.1f}] "
         f"over {before['attacks']} held-out attacks (all {full['attacks']} attacks: "
         f"{full['asr']:.1f} [{full['low']:.1f}, {full['high']:.1f}]); harmless exact match "
@@ -147,8 +149,13 @@ def main() -> None:
         results.append(run_variant(args.out, parse_variant(spec), args))
         minutes = results[-1]["minutes_this_run"]
         print(f"== {spec} ({minutes:.1f} min)\n{table(results[-1])}", flush=True)
-    command = "python benchmarks/demo_redteam.py " + " ".join(
-        f"--variant {v}" for v in args.variant
+    threads = os.environ.get("OMP_NUM_THREADS")
+    command = " ".join(
+        [
+            *([f"OMP_NUM_THREADS={threads}"] if threads else []),
+            f"python benchmarks/demo_redteam.py --sft-run {args.sft_run}",
+            *(f"--variant '{v}'" for v in args.variant),
+        ]
     )
     write_results(results, command, args.results)
 

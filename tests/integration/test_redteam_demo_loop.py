@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from bigft.redteam.demo_loop import loop, table
 
 # Harmless exact match may move a little (LoRA tuning on top of the tuned model, and rounding);
@@ -17,16 +15,12 @@ from bigft.redteam.demo_loop import loop, table
 HARMLESS_MARGIN = 10.0
 
 
-# sft: on the exported refusals and harmless answers; dpo: on the exported pairs with the
-# loop's measured default for dpo (IPO, bigft.redteam.demo_loop.TUNING).
-@pytest.mark.parametrize("task", ["sft", "dpo"])
-def test_red_team_loop_lowers_asr_and_keeps_harmless_answers(tmp_path, demo_run, task):
+def test_red_team_loop_lowers_asr_and_keeps_harmless_answers(tmp_path, demo_run):
     cfg, _ = demo_run
     result = loop(
         tmp_path / "loop",
         cache_dir=str(cfg.cache_dir),
         sft_run=Path(cfg.output_dir),
-        task=task,
         red_lm=False,
         harmless_limit=60,
     )

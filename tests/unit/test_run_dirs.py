@@ -105,3 +105,20 @@ def test_plan_reads_a_runs_base_config(tmp_path, tiny_llama_dir):
     expected = json.loads((tiny_llama_dir / "config.json").read_text())
     assert hf_config_dict(model_cfg(tmp_path / "sft")) == expected
     assert hf_config_dict(model_cfg(tmp_path / "dpo")) == expected
+
+
+def test_dpo_reference_cache_is_keyed_on_the_runs_model_files(tmp_path):
+    from bigft.config import compose_config
+    from bigft.tasks.reference import _identity
+
+    run = tmp_path / "run"
+    output(run / "model", kind="model", method="full")
+    cfg = compose_config(["task=dpo", "method=full", f"model.path={run}", "logger=none"])
+    before = _identity(cfg, "precompute", "none")
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)  # not the model: same key
+    assert _identity(cfg, "precompute", "none") == before
+    (run / "model" / OUTPUT_FILE).write_text('{"kind": "model", "head": "causal_lm"} ')
+    assert _identity(cfg, "precompute", "none") != before  # the run was trained again
+    reference = _identity(cfg, str(run), "none")
+    (run / "model" / "model.safetensors").write_bytes(b"new")
+    assert _identity(cfg, str(run), "none") != reference

@@ -352,7 +352,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trl-python", type=Path, default=TRL_PYTHON)
     parser.add_argument("--only", choices=RUNS, help="one framework alone (no ratio)")
     parser.add_argument("--results", type=Path, default=RESULTS)

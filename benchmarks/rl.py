@@ -1,6 +1,6 @@
 """Online RL throughput: bigft's task=grpo against TRL's GRPOTrainer, side by side.
 
-    make bench-rl                                   # builds TRL's venv, then runs this (~5 min)
+    make bench-rl             # builds TRL's venv, then runs this (4 min on 2 idle cores)
     python benchmarks/rl.py --trl-python .venv-bench-rl/bin/python
     python benchmarks/rl.py --only bigft --steps 2 --warmup 1 --rounds 1   # bigft alone
 
@@ -296,13 +296,13 @@ def load_average() -> list[float]:
 
 def report(payload: dict[str, Any]) -> str:
     m, facts, figs = payload["machine"], payload["assets"], payload["figures"]
-    trl = f"trl {m['trl']} (transformers {m['trl_transformers']}), " if "trl" in m else ""
+    trl = f"; trl {m['trl']} (transformers {m['trl_transformers']})" if "trl" in m else ""
     lines = [
         "# Online RL throughput: bigft's task=grpo vs TRL's GRPOTrainer",
         "",
         f"- date: {payload['date']}",
         f"- machine: {m['cpu']}; {m['platform']}; Python {m['python']}; torch {m['torch']} "
-        f"({m['threads']} threads); transformers {m['transformers']}; {trl}",
+        f"({m['threads']} threads); transformers {m['transformers']}{trl}",
         f"- load average (1, 5, 15 min) before: {payload['load_before']}, "
         f"after: {payload['load_after']}",
         f"- command: `{payload['command']}`",
@@ -350,9 +350,9 @@ NOTES = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--trl-python", type=Path, default=TRL_PYTHON)
     parser.add_argument("--only", choices=RUNS, help="one framework alone (no ratio)")
     parser.add_argument("--results", type=Path, default=RESULTS)

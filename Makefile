@@ -32,7 +32,7 @@ test-fast: $(STAMP)
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
-# bigft's task=grpo vs TRL's GRPOTrainer (~4 min on 2 idle cores): benchmarks/results/rl.{md,json}.
+# bigft's task=grpo vs TRL's GRPOTrainer (~20 min on 2 busy cores): benchmarks/results/rl.{md,json}.
 # TRL lives in its own venv, never in bigft's (nor in CI's): pinned in benchmarks/requirements-rl.txt.
 BENCH_RL_VENV ?= .venv-bench-rl
 $(BENCH_RL_VENV)/.installed: benchmarks/requirements-rl.txt

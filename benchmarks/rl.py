@@ -1,6 +1,6 @@
 """Online RL throughput: bigft's task=grpo against TRL's GRPOTrainer, side by side.
 
-    make bench-rl             # builds TRL's venv, then runs this (4 min on 2 idle cores)
+    make bench-rl             # builds TRL's venv, then runs this (~20 min on 2 busy cores)
     python benchmarks/rl.py --trl-python .venv-bench-rl/bin/python
     python benchmarks/rl.py --only bigft --steps 2 --warmup 1 --rounds 1   # bigft alone
 

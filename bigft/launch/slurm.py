@@ -31,9 +31,13 @@ SLURM_SUBDIR = "slurm"
 SCRIPT_NAME = "job.sbatch"
 
 
-def submit(cfg: DictConfig) -> str | None:
-    """Submit `cfg` as a Slurm job; returns its job id (None for a dry run)."""
-    check_before_submit(cfg)
+def submit(cfg: DictConfig, *, checked: bool = False) -> str | None:
+    """Submit `cfg` as a Slurm job; returns its job id (None for a dry run).
+
+    `checked`: the caller ran check_before_submit already (bigft-pipeline, with the inputs that
+    earlier stages will produce standing in)."""
+    if not checked:
+        check_before_submit(cfg)
     run_dir = Path(cfg.output_dir).absolute()
     slurm_dir = run_dir / SLURM_SUBDIR
     frozen = OmegaConf.to_yaml(cfg, resolve=True)

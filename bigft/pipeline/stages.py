@@ -52,8 +52,9 @@ class PipelineConfig:
     # The pipeline's own values, used in the stages as ${inputs.<key>} (a base model, data sets):
     # a pipeline file leaves them ??? for the command line to give.
     inputs: dict[str, Any] = field(default_factory=dict)
-    # Given to every stage before its own overrides (e.g. model=local model.path=...).
-    overrides: list[str] = field(default_factory=list)
+    # Given to every train stage before its own overrides (e.g. model=local model.path=...);
+    # redteam and export have other keys.
+    train_overrides: list[str] = field(default_factory=list)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     # launcher=slurm submits every stage at once; launcher.* here apply to every stage.
     launcher: LauncherConfig = field(default_factory=LauncherConfig)
@@ -116,10 +117,12 @@ def read_stages(cfg: DictConfig, launcher: list[str] | None = None) -> list[Stag
         command = str(stage.get("command", "train"))
         _check_command(name, command)
         # The raw text: iterating the config would resolve the references away.
-        refs = _references(name, raw["stages"][name].get("overrides", []), names[:index], names)
+        own = raw["stages"][name].get("overrides", [])
+        shared = raw["train_overrides"] if command == "train" else []
+        refs = _references(name, [*own, *shared], names[:index], names)
         depends = refs or names[max(index - 1, 0) : index]
         overrides = [str(o) for o in resolved["stages"][name].get("overrides", [])]
-        common = [str(o) for o in resolved.get("overrides", [])]
+        common = [str(o) for o in resolved["train_overrides"]] if command == "train" else []
         output_dir = str(stage.output_dir)
         stages.append(
             Stage(

@@ -58,7 +58,7 @@ def write_pipeline(
     conf_dir: Path, name: str, overrides: list[str], stages: dict, **extra: object
 ) -> Path:
     (conf_dir / "pipeline").mkdir(parents=True, exist_ok=True)
-    body = {"name": name, "overrides": overrides, "stages": stages, **extra}
+    body = {"name": name, "train_overrides": overrides, "stages": stages, **extra}
     path = conf_dir / "pipeline" / f"{name}.yaml"
     path.write_text("# @package _global_\n" + yaml.safe_dump(body, sort_keys=False))
     return path

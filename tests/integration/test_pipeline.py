@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from .pipelines import bigft_pipeline, common_overrides, ok, tiny_stages, write_pipeline
-from .runs import train_losses
+from .runs import train_losses, user_error
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +92,21 @@ def test_interrupted_stage_resumes(finished, tmp_path, tiny_llama_dir):
     expected = train_losses(reference / "outputs" / "tiny" / "base")
     assert train_losses(runs / "base") == pytest.approx(expected, rel=1e-6)
     assert (runs / "tune" / "model" / "bigft_output.json").is_file()
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, tiny_llama_dir):
+    write_pipeline(
+        tmp_path / "conf", "tiny", common_overrides(tmp_path, tiny_llama_dir), tiny_stages(tmp_path)
+    )
+    out = ok(bigft_pipeline(tmp_path / "conf", "tiny", "--dry-run", cwd=tmp_path))
+    assert "1. base [run] (after: nothing)" in out and "2. tune [run] (after: base)" in out
+    assert "model.path=outputs/tiny/base/model: will be produced by stage base" in out
+    assert "bigft-plan: 0.0 GiB per GPU, fits" in out
+    assert not (tmp_path / "outputs").exists()
+    # A mistake in the last stage stops the pipeline before the first stage starts.
+    stages = tiny_stages(tmp_path)
+    stages["tune"]["overrides"].append("trainer.micro_batch_size=0")
+    write_pipeline(tmp_path / "conf", "tiny", common_overrides(tmp_path, tiny_llama_dir), stages)
+    bad = bigft_pipeline(tmp_path / "conf", "tiny", cwd=tmp_path)
+    assert "stage tune (bigft-train" in user_error(bad)
+    assert not (tmp_path / "outputs").exists()

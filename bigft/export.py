@@ -20,14 +20,8 @@ from omegaconf import MISSING, DictConfig
 from bigft.config import CONF_DIR, typed_config
 from bigft.config.schema import DType
 from bigft.errors import ConfigError, exit_on_user_error, run_hydra_app
-from bigft.outputs import (
-    MERGED_SUBDIR,
-    MODEL_SUBDIR,
-    OUTPUT_FILE,
-    load_output,
-    read_metadata,
-    write_output_dir,
-)
+from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, read_metadata
+from bigft.run_dirs import finished_output, merge_into
 
 log = logging.getLogger("bigft")
 
@@ -41,16 +35,13 @@ class ExportConfig:
 
 def output_dir_of(run_dir: Path) -> Path:
     """`<run>/model`, or `run_dir` itself when it is an output directory."""
-    run_dir = Path(run_dir)
-    if (run_dir / MODEL_SUBDIR / OUTPUT_FILE).is_file():
-        return run_dir / MODEL_SUBDIR
-    if (run_dir / OUTPUT_FILE).is_file():
-        return run_dir
-    if not run_dir.is_dir():
+    found = finished_output(run_dir, key="run")
+    if found is not None:
+        return found
+    if not Path(run_dir).is_dir():
         raise ConfigError(f"run={str(run_dir)!r} does not exist")
     raise ConfigError(
-        f"run={str(run_dir)!r} has no {MODEL_SUBDIR}/{OUTPUT_FILE}: the run has not finished, "
-        "or was started with trainer.save_model=false"
+        f"run={str(run_dir)!r} is not a bigft run directory (no {MODEL_SUBDIR}/{OUTPUT_FILE})"
     )
 
 
@@ -61,24 +52,9 @@ def export_merged(run_dir: Path | str, output_dir: Path | str, dtype: str | None
     if meta["kind"] != "adapter":
         raise ConfigError(
             f"{source} holds a full model (method={meta['method']}): there is nothing to merge; "
-            "load it directly with from_pretrained"
+            "load it directly with from_pretrained (or pass the run as model.path)"
         )
-    model, tokenizer = load_output(source, merged=True, dtype=dtype)
-    merged_meta = {
-        **meta,
-        "kind": "model",
-        "merged_from": str(source.resolve()),
-        "dtype": str(dtype) if dtype else meta["dtype"],
-        "quantization": None,
-    }
-
-    def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    out = write_output_dir(Path(output_dir), write, merged_meta)
-    log.info("merged %s adapter from %s into %s", meta["method"], source, out)
-    return out
+    return merge_into(source, Path(output_dir), dtype)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="export", version_base="1.3")

@@ -50,7 +50,8 @@ from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.rl.loop import RLLoop
 from bigft.rl.setup import build_rewards, reference_context
-from bigft.tasks import build_task
+from bigft.run_dirs import starting_model
+from bigft.tasks import TASKS, build_task
 from bigft.tasks.reference import attach_reference_logps
 from bigft.tracking import start_tracking
 from bigft.tracking.report import compact_config, comparison_table
@@ -90,8 +91,13 @@ def sharded_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
-def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path, env: DistEnv):
-    """The adapter or full model, written once by rank 0 from gathered weights."""
+def save_outputs(
+    cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path, env: DistEnv, base_path: str
+):
+    """The adapter or full model, written once by rank 0 from gathered weights.
+
+    `base_path` is the directory the model was loaded from (a run's model or merge for
+    model.path=<run>), which is what an adapter must be loaded on again."""
     adapter = cfg.method.name in ("lora", "qlora", "prefix")
     # Collectives: every rank takes part in gathering ZeRO-3 shards.
     state = engine.trainable_state() if adapter else engine.consolidated_state()
@@ -107,7 +113,7 @@ def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path,
             tokenizer,
             out_dir,
             method=cfg.method.name,
-            base_path=cfg.model.path,
+            base_path=base_path,
             state_dict=state if engine.shards_parameters else None,
         )
         if env.is_main:
@@ -115,6 +121,15 @@ def save_outputs(cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path,
         else:
             shutil.rmtree(out, ignore_errors=True)
     barrier()
+
+
+def start_from(cfg: DictConfig, run_dir: Path, env: DistEnv) -> DictConfig:
+    """cfg.model with `path` at the model directory to load: model.path=<run> is that run's
+    model, or its adapter merged into its base (written by rank 0 while the others wait)."""
+    head = TASKS[str(cfg.task.name)].model_head
+    model_cfg = starting_model(cfg.model, run_dir, head=head, is_main=env.is_main)
+    barrier()
+    return model_cfg
 
 
 def train(
@@ -150,7 +165,8 @@ def _train(
         log.info("run directory: %s", run_dir)
     saved = read_state(checkpoint) if checkpoint is not None else None
     ensure_model(cfg.model, can_build=not env.distributed)
-    check_max_length(cfg.model, cfg.task.max_length)
+    model_cfg = start_from(cfg, run_dir, env)
+    check_max_length(model_cfg, cfg.task.max_length)
     seed_everything(cfg.trainer.seed)
     precision = precision_of(cfg, bf16_supported=bf16_supported(env.device))
     ds_config = None
@@ -162,14 +178,14 @@ def _train(
         ensure_universal(checkpoint, env)
         ds_config = universal_config(ds_config)
 
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(model_cfg)
     task = build_task(cfg.task, tokenizer)
     # Weights are placed at load time (a 4-bit base is quantized straight onto its GPU), except
     # under ZeRO-3, where DeepSpeed places the shards it builds.
     on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
     with sharded_loading(ds_config):
         model = load_model(
-            cfg.model,
+            model_cfg,
             cfg.method,
             task.model_head,
             task.num_labels,
@@ -265,7 +281,7 @@ def _train(
     try:
         metrics = loop.run(faults)
         if cfg.trainer.save_model:
-            save_outputs(cfg, engine, tokenizer, run_dir, env)
+            save_outputs(cfg, engine, tokenizer, run_dir, env, str(model_cfg.path))
         tracker.summary(metrics)
     finally:
         tracker.finish()

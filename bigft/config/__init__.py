@@ -57,10 +57,14 @@ def sweep_subdir(sweep_dir: str, job_num: int) -> str:
 
 
 def model_dir_name(path: str) -> str:
-    """The last part of a model directory or hub id ("/models/tiny-qwen2/" → "tiny-qwen2"): the
-    run name of `model=local`, so that runs of two models never share a run directory."""
-    name = Path(str(path).rstrip("/")).name
-    return name or "local"
+    """The last part of a model directory or hub id ("/models/tiny-qwen2/" → "tiny-qwen2"), or
+    of a run directory (outputs/demo-lora-sft/merged → "demo-lora-sft"): the run name of
+    `model=local`, so that runs of two models never share a run directory."""
+    path = Path(str(path).rstrip("/"))
+    # A run's model/ or merged/ (bigft.outputs' names) is named after the run.
+    if path.name in ("model", "merged") and (path / "bigft_output.json").is_file():
+        path = path.parent
+    return path.name or "local"
 
 
 def _register_resolvers() -> None:

@@ -24,6 +24,7 @@ from bigft.data.readers import looks_like_path, read_records
 from bigft.demo.build import ensure_model, needs_building
 from bigft.errors import ConfigError, DataError, exit_on_user_error
 from bigft.models.load import looks_local, resolve_source
+from bigft.run_dirs import finished_output
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,8 @@ def _check_model(cfg: DictConfig) -> None:
         ensure_model(cfg.model)
     for key in ("path", "tokenizer"):
         source = cfg.model.get(key)
-        if source and looks_local(source):
+        # A run directory is checked for a finished model; the job's rank 0 merges an adapter.
+        if source and looks_local(source) and finished_output(source, key=f"model.{key}") is None:
             resolve_source(source, what="model" if key == "path" else "tokenizer")
 
 

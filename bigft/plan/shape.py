@@ -59,10 +59,12 @@ def hf_config_dict(model_cfg: Any) -> dict[str, Any]:
         shape = model_cfg.shape
         return OmegaConf.to_container(shape) if isinstance(shape, DictConfig) else dict(shape)
     from bigft.config.paths import looks_local
+    from bigft.run_dirs import config_dir
 
     path = str(model_cfg.path)
     if looks_local(path):
-        config_file = Path(path).expanduser() / "config.json"
+        # A run directory: its model's config, or its adapter's base's.
+        config_file = (config_dir(path) or Path(path).expanduser()) / "config.json"
         if not config_file.is_file():
             raise ConfigError(
                 f"model.path={path!r} has no config.json: bigft-plan needs the model's HF config"

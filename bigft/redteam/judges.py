@@ -96,11 +96,13 @@ class FunctionJudge:
 
 def _load_head(run: str, key: str, head: str) -> tuple[Any, Any, Path]:
     from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+    from bigft.run_dirs import finished_output
 
-    path = Path(run).expanduser()
-    source = path / MODEL_SUBDIR if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() else path
-    if not (source / OUTPUT_FILE).is_file():
-        raise ConfigError(f"{key}={run!r} is not a bigft run directory (no model/{OUTPUT_FILE})")
+    source = finished_output(run, key=key)
+    if source is None:
+        raise ConfigError(
+            f"{key}={run!r} is not a bigft run directory (no {MODEL_SUBDIR}/{OUTPUT_FILE})"
+        )
     found = read_metadata(source)["head"]
     if found != head:
         raise ConfigError(f"{key}={run!r} holds a {found} model; expected a {head} run")

@@ -23,6 +23,7 @@ from bigft.generate import complete, model_source
 from bigft.generate import prompt_ids as request_ids
 from bigft.models.decode import is_prefix_tuned
 from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+from bigft.run_dirs import finished_output
 
 
 @dataclass
@@ -68,7 +69,7 @@ def load_target(
     if not path.exists():
         raise ConfigError(f"{key}={spec!r} does not exist")
     device = "cuda" if torch.cuda.is_available() else None
-    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file() or (path / OUTPUT_FILE).is_file():
+    if finished_output(path, key=key) is not None:
         source = model_source(path, merged)  # <run>/model, <run>/merged or the output dir
         head = read_metadata(source)["head"]
         if head != "causal_lm":

@@ -22,6 +22,7 @@ from bigft.data.templates import prompt_response_ids, uses_chat_template
 from bigft.errors import ConfigError
 from bigft.models.load import torch_dtype
 from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
+from bigft.run_dirs import finished_output
 from bigft.tasks.base import cut, forward_logits, pad_token_id
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,9 @@ def load_reward_model(
     """
     path = Path(source).expanduser()
     where = f"{key}={str(source)!r}"
-    if (path / MODEL_SUBDIR / OUTPUT_FILE).is_file():
-        path = path / MODEL_SUBDIR
-    if (path / OUTPUT_FILE).is_file():
+    output = finished_output(path, key=key)
+    if output is not None:
+        path = output
         meta = read_metadata(path)
         _check_head(meta["head"] == "sequence_classification", meta["head"], where)
         model, tokenizer = load_output(path, dtype=dtype, device=device)

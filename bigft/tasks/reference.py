@@ -144,13 +144,13 @@ def load_reference(source: str, dtype: str, device: torch.device) -> torch.nn.Mo
     """A bigft run directory's (or output directory's) model, or a causal LM path / hub id."""
     from transformers import AutoModelForCausalLM
 
-    from bigft.export import output_dir_of
     from bigft.models.load import resolve_source, torch_dtype
-    from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output
+    from bigft.outputs import load_output
+    from bigft.run_dirs import finished_output
 
-    path = Path(source).expanduser()
-    if (path / OUTPUT_FILE).is_file() or (path / MODEL_SUBDIR / OUTPUT_FILE).is_file():
-        model, _ = load_output(output_dir_of(path), dtype=dtype)
+    output = finished_output(source, key="task.reference")
+    if output is not None:
+        model, _ = load_output(output, dtype=dtype)
     else:
         resolved = resolve_source(source, what="task.reference")
         model = AutoModelForCausalLM.from_pretrained(resolved, dtype=torch_dtype(dtype))

@@ -71,13 +71,16 @@ NPROC = r"bigft-train launcher.nproc_per_node=\1"
 SUBSTITUTIONS = {
     # The README's "..." stands for the rest of a command.
     r"\s\.\.\.(?=\s|$)": "",
-    r"\bmodel\.path=\S+": "model.path={tiny_llama}",
+    r"\bmodel\.path=(?!outputs/(?:my-run|demo-sft-40)\b)\S+": "model.path={tiny_llama}",
+    # A run directory as the model: the sft run trained here, and the RL demo's short sft run
+    # (a README command before it writes it to the test's outputs).
+    r"\bmodel\.path=outputs/my-run\b": "model.path={run}",
+    r"\bmodel\.path=outputs/demo-sft-40\b": "model.path={out}/demo-sft-40",
     r"\bdata\.(train|eval)=(?:\S*/)?([^\s/]+)": r"data.\1={data}/\2",
     r"\brun=outputs/my-run\b": "run={run}",
-    # The RL demo's short sft run: the tiny Llama instead of the demo base; its export and the
-    # grpo run read it from the test's outputs; a few held-out prompts.
+    # The RL demo's short sft run: the tiny Llama instead of the demo base (the grpo run reads
+    # it from the test's outputs); a few held-out prompts.
     r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama}",
-    r"\brun=outputs/demo-sft-40\b": "run={out}/demo-sft-40",
     r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
     # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
     # source): rule rewards in its place; the key itself stays, so a renamed key still fails.

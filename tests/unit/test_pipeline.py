@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from bigft.config import compose_config
 from bigft.errors import ConfigError
 from bigft.pipeline.plan import check_all, decide, render
 from bigft.pipeline.slurm import dependency_options
-from bigft.pipeline.stages import read_stages, register_pipeline_schema
+from bigft.pipeline.stages import StageConfig, read_stages, register_pipeline_schema
 from bigft.pipeline.state import PipelineState, changed_keys, set_aside
 
 register_pipeline_schema()
@@ -24,16 +24,15 @@ def pipeline(*overrides: str):
 
 def test_demo_rlhf_stages_depend_on_what_they_refer_to():
     stages = {s.name: s for s in read_stages(pipeline("pipeline=rlhf_demo"))}
-    assert list(stages) == ["sft", "merge", "reward", "rl"]
-    # rl reads merge's model and reward's reward model; reward refers to none: the stage before.
+    assert list(stages) == ["sft", "reward", "rl"]
+    # rl reads sft's model and reward's reward model; reward refers to none: the stage before.
     assert {n: s.depends_on for n, s in stages.items()} == {
         "sft": [],
-        "merge": ["sft"],
-        "reward": ["merge"],
-        "rl": ["merge", "reward"],
+        "reward": ["sft"],
+        "rl": ["sft", "reward"],
     }
     rl = stages["rl"].overrides
-    assert "model.path=outputs/rlhf_demo/merge" in rl
+    assert "model.path=outputs/rlhf_demo/sft" in rl
     assert "reward.model=outputs/rlhf_demo/reward" in rl
     assert rl[-4:] == [
         "output_root=outputs/rlhf_demo",
@@ -41,10 +40,16 @@ def test_demo_rlhf_stages_depend_on_what_they_refer_to():
         "logger.group=rlhf_demo",
         "logger.job_type=rl",
     ]
-    assert stages["merge"].overrides == [
-        "run=outputs/rlhf_demo/sft",
-        "output=outputs/rlhf_demo/merge",
-    ]
+
+
+def test_export_stage_writes_where_the_pipeline_says(tmp_path):
+    cfg = pipeline("pipeline=rlhf_demo")
+    cfg.stages.rl = StageConfig(command="export", overrides=["run=${stages.sft.output_dir}"])
+    export = read_stages(cfg)[-1]
+    assert export.overrides == ["run=outputs/rlhf_demo/sft", "output=outputs/rlhf_demo/rl"]
+    assert export.command_line() == (
+        "bigft-export run=outputs/rlhf_demo/sft output=outputs/rlhf_demo/rl"
+    )
 
 
 def test_redteam_round_demo_stages_compose_as_their_commands():
@@ -125,12 +130,18 @@ def _tiny_chain(tmp_path: Path, model_dir: Path):
     cfg.train_overrides = common
     cfg.stages.sft.overrides = []
     cfg.stages.reward.overrides = ["method=full"]
-    cfg.stages.rl.overrides = [
-        "task=dpo",
-        "task.reference=${stages.merge.output_dir}",
-        "model.path=${stages.merge.output_dir}",
-        "data.train=${stages.sft.output_dir}/x.jsonl",
-    ]
+    # A chain through an export stage (bigft-export) and references of every kind.
+    with open_dict(cfg):
+        cfg.stages.pop("rl")
+        cfg.stages.merge = StageConfig(command="export", overrides=["run=${stages.sft.output_dir}"])
+        cfg.stages.rl = StageConfig(
+            overrides=[
+                "task=dpo",
+                "task.reference=${stages.merge.output_dir}",
+                "model.path=${stages.merge.output_dir}",
+                "data.train=${stages.sft.output_dir}/x.jsonl",
+            ]
+        )
     return cfg
 
 
@@ -151,6 +162,7 @@ def test_future_inputs_stand_in_for_checks_and_the_plan(tmp_path, tiny_llama_dir
     assert "GiB per GPU, fits on a 80 GiB GPU" in rl.memory
     text = render(plans, slurm=False)
     assert "4. rl [run] (after: merge, sft)" in text
+    assert "3. merge [run] (after: sft)" in text
     assert "bigft-plan: 0.0 GiB per GPU" in text
 
 
@@ -173,7 +185,7 @@ def test_a_finished_stage_is_read_from_its_run_directory(tmp_path, tiny_llama_di
     assert plans[0].changes == [f"optim.lr: 0.5 → {sft.cfg.optim.lr!r}"]
     assert [p.why for p in plans[1:]] == [
         "stage sft runs again",
-        "stage merge runs again",
+        "stage sft runs again",
         "stage merge runs again",
     ]
 

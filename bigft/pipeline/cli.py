@@ -45,6 +45,10 @@ def run_pipeline(cfg: DictConfig, launcher: list[str]) -> None:
     print(f"bigft: pipeline {cfg.name} ({len(plans)} stages)\n{render(plans, slurm=slurm)}")
     if cfg.dry_run:
         return
+    for plan in plans:
+        if not plan.runs:  # e.g. a Slurm job that finished since the last submission
+            state.record(plan.stage.name)["status"] = "finished"
+    state.save()
     if slurm:
         from bigft.pipeline.slurm import cancel_outdated, submit_all
 

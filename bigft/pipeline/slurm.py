@@ -102,18 +102,35 @@ def stage_launcher(pipeline: DictConfig, stage_launcher: dict[str, Any]) -> Dict
 
 def _submit_command(plan: StagePlan, after: list[str], pipeline: DictConfig) -> str:
     """A redteam or export stage: one task running the command with the stage's overrides."""
-    from bigft.launch.slurm import sbatch, sbatch_directives
+    from bigft.launch.slurm import sbatch
+
+    script, job_cfg = stage_script(plan, after, pipeline)
+    log_dir = _log_dir(pipeline)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / f"{plan.stage.name}.sbatch"
+    path.write_text(script)
+    return sbatch(path, job_cfg)
+
+
+def _log_dir(pipeline: DictConfig) -> Path:
+    return (Path(pipeline.output_root) / pipeline.name / "slurm").absolute()
+
+
+def stage_script(plan: StagePlan, after: list[str], pipeline: DictConfig) -> tuple[str, DictConfig]:
+    """The sbatch script of a redteam or export stage, and the launcher config it asks for."""
+    from bigft.launch.slurm import sbatch_directives
 
     stage = plan.stage
     launcher = stage_launcher(pipeline, stage.launcher)
     launcher.job_name = f"bigft-{pipeline.name}-{stage.name}"
     launcher.sbatch_extra = [*launcher.sbatch_extra, *dependency_options(after)]
-    log_dir = (Path(pipeline.output_root) / pipeline.name / "slurm").absolute()
     job_cfg = OmegaConf.create({"launcher": launcher, "name": stage.name})
     # One task, no checkpoint to write on a warning signal: a preempted scan requeues and
     # resumes from its findings; an export starts again.
     directives = [
-        d for d in sbatch_directives(job_cfg, log_dir, Path.cwd()) if not d.startswith("--signal")
+        d
+        for d in sbatch_directives(job_cfg, _log_dir(pipeline), Path.cwd())
+        if not d.startswith("--signal")
     ]
     python = shlex.split(launcher.python) if launcher.python else [sys.executable]
     command = [*python, "-u", "-m", stage.module, *stage.overrides]
@@ -129,7 +146,4 @@ def _submit_command(plan: StagePlan, after: list[str], pipeline: DictConfig) -> 
             "",
         ]
     )
-    log_dir.mkdir(parents=True, exist_ok=True)
-    path = log_dir / f"{stage.name}.sbatch"
-    path.write_text(script)
-    return sbatch(path, job_cfg)
+    return script, job_cfg

@@ -216,3 +216,26 @@ def test_wandb_run_gets_the_pipeline_group_and_stage_job_type(tmp_path, monkeypa
     cfg = compose_config(["logger=wandb", "logger.group=rlhf", "logger.job_type=reward"])
     start_tracking(cfg, tmp_path, is_main=True, wandb_id=None).finish()
     assert seen == [("rlhf", "reward")]
+
+
+def test_a_redteam_stage_job_waits_and_runs_its_command():
+    from bigft.pipeline.slurm import stage_script
+
+    cfg = pipeline("pipeline=redteam_round_demo", "launcher=slurm", "launcher.partition=cpu")
+    cfg.stages.scan.launcher = {"time": "00:30:00"}
+    stages = read_stages(cfg, ["launcher=slurm", "launcher.partition=cpu"])
+    plan = decide(stages, PipelineState(Path("/nonexistent/pipeline.json")))[1]
+    script, _ = stage_script(plan, ["41", "42"], cfg)
+    lines = script.splitlines()
+    for directive in (
+        "--job-name=bigft-redteam_round_demo-scan",
+        "--partition=cpu",
+        "--time=00:30:00",
+        "--dependency=afterok:41:42",
+        "--kill-on-invalid-dep=yes",
+        "--requeue",
+    ):
+        assert f"#SBATCH {directive}" in lines
+    assert not any("--signal" in line for line in lines)  # nothing to checkpoint on a warning
+    assert lines[-1].split()[1:4] == ["-u", "-m", "bigft.redteam.cli"]
+    assert "output_dir=outputs/redteam_round_demo/scan" in lines[-1]

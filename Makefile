@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.bigft-installed
 
-.PHONY: install demo test test-fast lint format clean bench-memory bench-throughput
+.PHONY: install demo test test-fast lint format clean bench-memory bench-throughput bench-rl
 
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ test-fast: $(STAMP)
 bench-throughput: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
 
+# bigft's task=grpo vs TRL's GRPOTrainer (~20 min on 2 busy cores): benchmarks/results/rl.{md,json}.
+# TRL lives in its own venv, never in bigft's (nor in CI's): pinned in benchmarks/requirements-rl.txt.
+BENCH_RL_VENV ?= .venv-bench-rl
+$(BENCH_RL_VENV)/.installed: benchmarks/requirements-rl.txt
+	$(PYTHON) -m venv $(BENCH_RL_VENV)
+	$(BENCH_RL_VENV)/bin/pip install -q $(TORCH)
+	$(BENCH_RL_VENV)/bin/pip install -q -r benchmarks/requirements-rl.txt
+	touch $@
+
+bench-rl: $(STAMP) $(BENCH_RL_VENV)/.installed
+	$(BIN)/python benchmarks/rl.py --trl-python $(BENCH_RL_VENV)/bin/python
+
 lint: $(STAMP)
 	$(BIN)/ruff check bigft tests benchmarks setup.py
 	$(BIN)/ruff format --check bigft tests benchmarks setup.py
@@ -45,4 +57,4 @@ bench-memory: $(STAMP)
 	$(BIN)/python benchmarks/memory.py
 
 clean:
-	rm -rf $(VENV) outputs .cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_RL_VENV) outputs .cache .pytest_cache

@@ -12,6 +12,7 @@ parallelism do not change the result. Aggregation picks the unit:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -67,11 +68,22 @@ def aggregate(
     raise ValueError(f"aggregation must be 'token' or 'sequence', got {how!r}")
 
 
-def _blocks(batch: int, length: int, chunk: int):
-    """(row, slice of positions) covering [batch, length] in pieces of at most `chunk` rows."""
+def _blocks(batch: int, length: int, chunk: int) -> Iterator[tuple[slice, slice]]:
+    """(rows, positions) covering [batch, length] in blocks of at most `chunk` positions.
+
+    Whole rows go together while they fit: a kernel call per row made forward and backward 3×
+    slower for a GRPO batch of 32 responses of 32 tokens (vocabulary 1024), and 5× for a 50k
+    vocabulary; the numbers are the same bit for bit (each is its own row's reduction). A row
+    longer than `chunk` goes in pieces, alone.
+    """
+    if length <= chunk:
+        per_block = max(1, chunk // max(length, 1))
+        for b in range(0, batch, per_block):
+            yield slice(b, min(b + per_block, batch)), slice(0, length)
+        return
     for b in range(batch):
         for start in range(0, length, chunk):
-            yield b, slice(start, min(start + chunk, length))
+            yield slice(b, b + 1), slice(start, min(start + chunk, length))
 
 
 class _TokenLogprobs(torch.autograd.Function):
@@ -104,7 +116,7 @@ class _TokenLogprobs(torch.autograd.Function):
             rows = logits[b, pos].float() / ctx.temperature
             # d/dl [l_y − logsumexp(l)] = onehot(y) − softmax(l), times 1/T for the scaling.
             g = -torch.exp(rows - lse[b, pos, None])
-            g.scatter_add_(-1, tokens[b, pos, None], torch.ones_like(g[:, :1]))
+            g.scatter_add_(-1, tokens[b, pos, None], torch.ones_like(g[..., :1]))
             grad_logits[b, pos] = g * (grad[b, pos, None] / ctx.temperature)
         return grad_logits, None, None, None
 

@@ -173,14 +173,21 @@ def _identity(cfg: DictConfig, source: str, autocast_dtype: str) -> dict[str, An
         return {
             **numerics,
             "model": OmegaConf.to_container(cfg.model, resolve=True),
+            # A run directory (or any local model) retrained under the same path is a new model.
+            "files": _files_fingerprint(str(cfg.model.path), "model.path"),
             "method": OmegaConf.to_container(cfg.method, resolve=True),
             "seed": int(cfg.trainer.seed),
         }
-    return {**numerics, "reference": source, "files": _files_fingerprint(Path(source))}
+    files = _files_fingerprint(source, "task.reference")
+    return {**numerics, "reference": source, "files": files}
 
 
-def _files_fingerprint(path: Path) -> list[Any]:
-    """Names, sizes and times of a local reference's files: a model rewritten in place is new."""
+def _files_fingerprint(source: str, key: str) -> list[Any]:
+    """Names, sizes and times of a local model's files (a run's: those of its finished model,
+    not its checkpoints or logs): a model rewritten in place is new."""
+    from bigft.run_dirs import finished_output
+
+    path = finished_output(source, key=key) or Path(source).expanduser()
     if not path.is_dir():
         return []
     return sorted(

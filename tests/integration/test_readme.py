@@ -80,8 +80,9 @@ SUBSTITUTIONS = {
     r"\bdata\.(train|eval)=(?:\S*/)?([^\s/]+)": r"data.\1={data}/\2",
     r"\brun=outputs/my-run\b": "run={run}",
     # The RL demo's short sft run: the tiny Llama instead of the demo base (the grpo run reads
-    # it from the test's outputs); a few held-out prompts.
-    r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama}",
+    # it from the test's outputs); a few held-out prompts, in both.
+    r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama} "
+    "data.max_eval_examples=4",
     r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
     # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
     # source): rule rewards in its place; the key itself stays, so a renamed key still fails.

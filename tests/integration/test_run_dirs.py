@@ -110,3 +110,13 @@ def test_an_unfinished_run_is_refused_by_name(tmp_path, tiny_llama_dir, monkeypa
     assert f"model.path='{run_dir}' is a bigft run directory that has not finished" in err
     assert "bigft-train " in err and "name=crashed" in err and "resumes it" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_reward_model_starts_from_a_causal_lm_run_with_a_new_head(lora_sft, tmp_path):
+    run_dir, exported = lora_sft
+    run(tmp_path, run_dir, task="reward", name="reward")
+    out = tmp_path / "outputs" / "reward" / "model"
+    meta = read_metadata(out)
+    assert meta["head"] == "sequence_classification" and meta["num_labels"] == 1
+    # Its body is the sft run's merge: the new run's base/ is bigft-export's model.
+    assert_same_weights(weights(tmp_path / "outputs" / "reward" / "base"), weights(exported))

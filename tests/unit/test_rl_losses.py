@@ -58,6 +58,29 @@ def test_token_logprobs_read_a_strided_slice_in_place(monkeypatch):
     torch.testing.assert_close(grad_ours, grad_ref)
 
 
+def test_token_logprobs_take_whole_rows_together(monkeypatch):
+    # 5 responses of 3 tokens, blocks of up to 6 positions: 3 blocks of 2, 2 and 1 whole rows
+    # (one kernel call each, not one per row), the numbers those of a plain log_softmax.
+    monkeypatch.setattr(losses, "CHUNK_ELEMENTS", 6 * 17)
+    torch.manual_seed(2)
+    full = torch.randn(5, 6, 17, requires_grad=True)
+    logits = full[:, 2:5]
+    tokens = torch.randint(0, 17, (5, 3))
+    calls = []
+    logsumexp = torch.logsumexp
+    monkeypatch.setattr(
+        torch, "logsumexp", lambda x, dim: calls.append(x.shape) or logsumexp(x, dim)
+    )
+    ours = token_logprobs(logits, tokens)
+    monkeypatch.undo()
+    assert calls == [(2, 3, 17), (2, 3, 17), (1, 3, 17)]
+    (grad_ours,) = torch.autograd.grad(ours.sum(), full)
+    ref = torch.log_softmax(logits, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (grad_ref,) = torch.autograd.grad(ref.sum(), full)
+    torch.testing.assert_close(ours, ref)
+    torch.testing.assert_close(grad_ours, grad_ref)
+
+
 def _spy(reshape, copies):
     def spied(tensor, *shape):
         out = reshape(tensor, *shape)

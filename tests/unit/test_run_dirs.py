@@ -4,6 +4,7 @@ name), or a plain model directory / hub id; and what a run directory is called a
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -105,3 +106,52 @@ def test_plan_reads_a_runs_base_config(tmp_path, tiny_llama_dir):
     expected = json.loads((tiny_llama_dir / "config.json").read_text())
     assert hf_config_dict(model_cfg(tmp_path / "sft")) == expected
     assert hf_config_dict(model_cfg(tmp_path / "dpo")) == expected
+
+
+def test_dpo_reference_cache_is_keyed_on_the_runs_model_files(tmp_path):
+    from bigft.config import compose_config
+    from bigft.tasks.reference import _identity
+
+    run = tmp_path / "run"
+    output(run / "model", kind="model", method="full")
+    cfg = compose_config(["task=dpo", "method=full", f"model.path={run}", "logger=none"])
+    before = _identity(cfg, "precompute", "none")
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)  # not the model: same key
+    assert _identity(cfg, "precompute", "none") == before
+    (run / "model" / OUTPUT_FILE).write_text('{"kind": "model", "head": "causal_lm"} ')
+    assert _identity(cfg, "precompute", "none") != before  # the run was trained again
+    reference = _identity(cfg, str(run), "none")
+    (run / "model" / "model.safetensors").write_bytes(b"new")
+    assert _identity(cfg, str(run), "none") != reference
+
+
+def _readers():
+    import torch
+
+    from bigft.export import output_dir_of
+    from bigft.redteam.judges import _load_head
+    from bigft.redteam.target import load_target
+    from bigft.rl.reward_model import load_reward_model
+    from bigft.tasks.reference import load_reference
+
+    return {
+        "reward.model": lambda p: load_reward_model(p),
+        "task.reference": lambda p: load_reference(p, "fp32", torch.device("cpu")),
+        "target": lambda p: load_target(p),
+        "judges.classifier.run": lambda p: _load_head(
+            p, "judges.classifier.run", "sequence_classification"
+        ),
+        "run": lambda p: output_dir_of(p),
+    }
+
+
+@pytest.mark.parametrize(
+    "key", ["reward.model", "task.reference", "target", "judges.classifier.run", "run"]
+)
+def test_every_reader_refuses_an_unfinished_run_by_name(tmp_path, key):
+    run = run_dir(tmp_path / "run", "checkpoints/step_00000004")
+    with pytest.raises(
+        ConfigError,
+        match=rf"^{re.escape(key)}='.*/run' is a bigft run directory that has not finished",
+    ):
+        _readers()[key](str(run))

@@ -370,6 +370,8 @@ class LoggerConfig:
     project: str = "bigft"
     entity: str | None = None
     group: str | None = None
+    # W&B's job type (bigft-pipeline sets the stage's name; a pipeline's runs share one group).
+    job_type: str | None = None
     tags: list[str] = field(default_factory=list)
     # None: "offline" unless WANDB_API_KEY is set; otherwise any wandb mode.
     mode: str | None = None

@@ -40,13 +40,17 @@ def submit(
     check: Callable[[DictConfig], None] | None = None,
     entry: str = JOB_ENTRY,
     command: str = "bigft-train",
+    checked: bool = False,
 ) -> str | None:
     """Submit `cfg` as a Slurm job; returns its job id (None for a dry run).
 
     Another bigft command (bigft-redteam) submits its own config with its own `check` (by
     default bigft-train's) and the module each task runs (`entry`, given the frozen config).
+    `checked`: the caller ran the check already (bigft-pipeline, with the inputs that earlier
+    stages will produce standing in).
     """
-    (check or check_before_submit)(cfg)
+    if not checked:
+        (check or check_before_submit)(cfg)
     run_dir = Path(cfg.output_dir).absolute()
     slurm_dir = run_dir / SLURM_SUBDIR
     frozen = OmegaConf.to_yaml(cfg, resolve=True)

@@ -84,7 +84,7 @@ def _log_wandb(
         entity=cfg.logger.entity,
         group=cfg.logger.group,
         tags=list(cfg.logger.tags),
-        job_type="redteam",
+        job_type=cfg.logger.job_type or "redteam",
         dir=str(out_dir),
         mode=wandb_mode(cfg.logger),
         config=OmegaConf.to_container(cfg, resolve=True),

@@ -121,6 +121,7 @@ def start_tracking(
         project=cfg.logger.project,
         entity=cfg.logger.entity,
         group=cfg.logger.group,
+        job_type=cfg.logger.job_type,
         name=cfg.name,
         tags=list(cfg.logger.tags),
         config=OmegaConf.to_container(cfg, resolve=True),

@@ -41,6 +41,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,14 @@ SUBSTITUTIONS = {
     # tests/integration/test_redteam.py runs bigft-redteam's scan, review, labels and garak import,
     # and test_redteam_demo_loop.py runs the loop's steps through bigft.redteam.demo_loop.
     r"^((?:bigft-redteam\b|bigft-\w+\b.*\boutputs/rt\b).*)$": r"\1 --cfg job",
+    # A pipeline prints its plan: every stage composed, validated and planned (and, for Slurm,
+    # checked as before submitting); tests/integration/test_pipeline.py and tests/slurm run them.
+    r"\binputs\.model=\S+": "inputs.model={tiny_llama}",
+    r"\binputs\.sft_data=\S+": "inputs.sft_data={data}/train.jsonl",
+    r"\binputs\.rankings=\S+": "inputs.rankings={data}/ranked.jsonl",
+    r"\binputs\.prompts=\S+": "inputs.prompts={data}/prompts.jsonl",
+    r"\binputs\.target=outputs/my-sft\b": "inputs.target={run}",
+    r"^(bigft-pipeline\b.*)$": r"\1 dry_run=true output_root={out}",
     # A Slurm sweep: each point checked as before its job array is submitted.
     r"^bigft-train -m\b": "bigft-check-sweep",
 }
@@ -210,7 +219,8 @@ def workdir(tmp_path, tiny_llama_dir):
 
 def test_the_readme_has_the_commands_this_test_knows():
     commands = readme_commands()
-    for program in ("bigft-train", "bigft-plan", "bigft-export", "bigft-generate", "make demo"):
+    programs = ("bigft-train", "bigft-plan", "bigft-export", "bigft-generate", "bigft-pipeline")
+    for program in (*programs, "make demo"):
         assert any(c.startswith(program) for c in commands), program
     # The generate examples a user copies first: formatted by the run's own template.
     assert any("instruction=" in c for c in commands if c.startswith("bigft-generate"))
@@ -304,6 +314,11 @@ def _console_scripts() -> dict[str, Callable[[], object]]:
     for entry in entry_points(group="console_scripts"):
         if entry.name.startswith("bigft-"):
             scripts[entry.name] = entry.load()
+    # A program added since the editable install was made has no console script until the next
+    # `pip install -e .`: run it from pyproject.toml's entry, as the script will.
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]")[1].split("\n[")[0]
+    for name, module, function in re.findall(r'^([\w-]+) = "([\w.]+):(\w+)"', section, re.M):
+        scripts.setdefault(name, lambda m=module, f=function: getattr(import_module(m), f)())
     return scripts
 
 

@@ -40,6 +40,10 @@ def compose_stage(stage: Stage) -> DictConfig:
     from bigft.config import compose_config, typed_config
     from bigft.errors import ConfigError, config_error_message
 
+    if stage.command == "redteam":
+        # Registers conf/redteam.yaml's schema (redteam_schema) with Hydra's ConfigStore.
+        import bigft.redteam.config  # noqa: F401
+
     try:
         cfg = compose_config(stage.overrides, config_name=stage.config_name)
     except (HydraException, OmegaConfBaseException) as err:

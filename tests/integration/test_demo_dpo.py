@@ -42,7 +42,8 @@ def test_dpo_with_the_sft_term_raises_the_held_out_ground_truth(tmp_path, demo_r
     train(sft)
     merged = export_merged(Path(sft.output_dir), tmp_path / "sft-merged")
     before, after = dpo_from(merged, tmp_path / "outputs", Path(demo.cache_dir))
-    # Measured from the same recipe's model on these 90 questions: 0.296 -> 0.441, win rate
-    # 59.4%; with task.sft_weight=0 (plain DPO) 0.296 -> 0.257, win rate 47.2%.
-    assert after["eval/truth_score"] > before["eval/truth_score"] + 0.08, (before, after)
-    assert after["eval/win_rate"] > 55, after
+    # Measured here: 0.272 -> 0.360, win rate 56.7% (from benchmarks/results/demo_dpo.md's model,
+    # 0.296 -> 0.441, 59.4%); plain DPO (task.sft_weight=0) 0.272 -> 0.272 here, 0.296 -> 0.257
+    # (47.2%) from that one: it fails this test.
+    assert after["eval/truth_score"] > before["eval/truth_score"] + 0.04, (before, after)
+    assert after["eval/win_rate"] > 53, after

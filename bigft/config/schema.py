@@ -217,6 +217,9 @@ class TaskConfig:
     label_smoothing: float = 0.0
     gamma: float = 0.5
     reference: str = "auto"
+    # dpo: weight α of the chosen responses' NLL per token added to each pair's loss (RPO, Pang
+    # et al. 2024; TRL's rpo_alpha); 0 is plain DPO.
+    sft_weight: float = 0.0
     # grpo (bigft/rl/loop.py): each step's prompts (trainer.micro_batch_size × grad_accum per
     # rank) are sampled num_generations times (up to max_new_tokens, stopping at EOS), scored by
     # `reward:`, and the policy is updated ppo_epochs × mini_batches times on that rollout.

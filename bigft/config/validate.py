@@ -235,6 +235,7 @@ def _validate_dpo(cfg: DictConfig) -> None:
     t = cfg.task
     _require(t.beta > 0, "task.beta", t.beta, "> 0")
     _require(0 <= t.label_smoothing < 0.5, "task.label_smoothing", t.label_smoothing, "in [0, 0.5)")
+    _require(t.sft_weight >= 0, "task.sft_weight", t.sft_weight, ">= 0")
     if t.label_smoothing and t.loss == "ipo":
         raise ConfigError(
             f"task.label_smoothing={t.label_smoothing} with task.loss=ipo: label smoothing "

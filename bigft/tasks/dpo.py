@@ -29,7 +29,13 @@ from bigft.data.templates import (
 from bigft.errors import ConfigError, DataError
 from bigft.models.decode import greedy_answers
 from bigft.tasks.base import LossOutput, ModelHead, forward_logits, loss_stats, pad_token_id
-from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss, simpo_rewards
+from bigft.tasks.preference_losses import (
+    ipo_loss,
+    sft_loss,
+    sigmoid_loss,
+    simpo_loss,
+    simpo_rewards,
+)
 from bigft.tasks.truth_eval import TruthEval, summarize_truth
 
 # The batch key of precomputed reference log-probabilities: [chosen rows..., rejected rows...].
@@ -50,6 +56,7 @@ class DPOTask:
         self.aggregate = str(cfg.aggregate)
         self.loss_name = str(cfg.loss)
         self.beta = float(cfg.beta)
+        self.sft_weight = float(cfg.sft_weight)
         # SimPO is reference-free: no reference pass, no disabled-adapter forward.
         self.needs_reference = self.loss_name != "simpo"
         self.generates_in_eval: bool = bool(cfg.eval_generate)
@@ -167,6 +174,9 @@ class DPOTask:
         policy, tokens = sequence_logps(model, batch)
         pairs = policy.shape[0] // 2
         losses, chosen_reward, rejected_reward = self._pair_losses(policy, reference, tokens, pairs)
+        nll = sft_loss(policy[:pairs], tokens[:pairs].to(policy.dtype))
+        if self.sft_weight:
+            losses = losses + self.sft_weight * nll
         loss_sum = losses.sum()
         margin = (chosen_reward - rejected_reward).detach()
         stats = loss_stats(loss_sum, batch) | {
@@ -175,6 +185,7 @@ class DPOTask:
             "reward_rejected_sum": float(rejected_reward.detach().sum()),
             "logp_chosen_sum": float(policy[:pairs].detach().sum()),
             "logp_rejected_sum": float(policy[pairs:].detach().sum()),
+            "nll_chosen_sum": float(nll.detach().sum()),
         }
         return loss_sum, stats
 
@@ -237,6 +248,7 @@ class DPOTask:
             "rewards/accuracy": 100.0 * stats.get("correct", 0.0) / units,
             "logps/chosen": stats.get("logp_chosen_sum", 0.0) / units,
             "logps/rejected": stats.get("logp_rejected_sum", 0.0) / units,
+            "nll/chosen": stats.get("nll_chosen_sum", 0.0) / units,
         } | summarize_truth(stats)
 
 

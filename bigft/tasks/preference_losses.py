@@ -12,6 +12,10 @@ the window). Inputs are summed log-probabilities of each response's tokens given
   1/(2β) means the same target whatever the responses' lengths.
 - simpo (Meng et al. 2024, eq. 6): reference-free, −log σ(β/|y_w| log π(y_w|x) −
   β/|y_l| log π(y_l|x) − γ), γ the target reward margin.
+- the SFT term (RPO, Pang et al. 2024; TRL's `rpo_alpha`): any of the above plus α times
+  the chosen response's negative log-likelihood per token. The preference losses see only
+  differences of log-probabilities, so they can grow the margin by pushing the rejected responses
+  down while the chosen ones fall too; this term holds the chosen responses' own likelihood up.
 """
 
 from __future__ import annotations
@@ -87,3 +91,8 @@ def simpo_rewards(
         beta * policy_chosen / chosen_tokens.clamp(min=1),
         beta * policy_rejected / rejected_tokens.clamp(min=1),
     )
+
+
+def sft_loss(policy_chosen: torch.Tensor, chosen_tokens: torch.Tensor) -> torch.Tensor:
+    """The chosen response's negative log-likelihood per token: −log π(y_w|x) / |y_w|."""
+    return -policy_chosen / chosen_tokens.clamp(min=1)

@@ -16,7 +16,7 @@ from bigft.data.readers import Record
 from bigft.errors import ConfigError, DataError
 from bigft.tasks import build_task
 from bigft.tasks.dpo import REFERENCE_KEY, peft_model_of, sequence_logps
-from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss
+from bigft.tasks.preference_losses import ipo_loss, sft_loss, sigmoid_loss
 
 
 def cfg(**overrides) -> TaskConfig:
@@ -183,6 +183,28 @@ def test_loss_and_metrics_from_precomputed_reference(tiny_tokenizer, causal_lm, 
     assert metrics["loss"] == pytest.approx(float(expected.mean()), rel=1e-5)
 
 
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_sft_weight_adds_the_chosen_responses_nll_per_token(tiny_tokenizer, causal_lm, sft_weight):
+    task = build_task(cfg(beta=0.5, sft_weight=sft_weight), tiny_tokenizer)
+    examples = task.encode(rec(prompt="p", responses=["fox jumps", "brown dog", "cat"]))
+    for ex in examples:
+        ex[REFERENCE_KEY] = [-20.0, -21.0]
+    batch = task.collate(examples)
+    out = task.loss(causal_lm, batch)
+    with torch.no_grad():
+        logps, tokens = sequence_logps(causal_lm, batch)
+    pc, pr, ref = logps[:3].double(), logps[3:].double(), torch.full((3,), -20.0).double()
+    nll = -pc / tokens[:3].double()
+    dpo = sigmoid_loss(pc, pr, ref, ref - 1, beta=0.5)
+    expected = dpo + sft_weight * nll
+    assert float(out.loss_sum.detach()) == pytest.approx(float(expected.sum()), rel=1e-5)
+    metrics = task.summarize(out.stats)
+    # Reported whatever the weight, so a plain DPO run shows the chosen responses' fate too.
+    assert metrics["nll/chosen"] == pytest.approx(float(nll.mean()), rel=1e-5)
+    assert nll.tolist() == pytest.approx(sft_loss(pc, tokens[:3].double()).tolist())
+    assert metrics["loss"] == pytest.approx(float(expected.mean()), rel=1e-5)
+
+
 def test_simpo_needs_no_reference(tiny_tokenizer, causal_lm):
     task = build_task(cfg(loss="simpo", beta=2.0, gamma=0.5), tiny_tokenizer)
     batch = task.collate(task.encode(rec(prompt="p", chosen="fox", rejected="brown dog")))
@@ -226,6 +248,7 @@ def test_reference_is_the_policy_with_adapters_disabled(tiny_tokenizer, tiny_lla
         ("task.packing=true", "task.packing=true with task=dpo: .*chosen row and one rejected"),
         ("task.beta=0", "task.beta=0.0 is not allowed: expected > 0"),
         ("task.label_smoothing=0.5", "task.label_smoothing=0.5 is not allowed"),
+        ("task.sft_weight=-1", "task.sft_weight=-1.0 is not allowed: expected >= 0"),
         ("task.loss=ipo task.label_smoothing=0.1", "label smoothing applies to the logistic"),
         ("task.loss=simpo task.reference=precompute", "SimPO uses no reference model"),
         ("task.reference=/no/such/run", "task.reference='/no/such/run' is not a directory"),

@@ -6,6 +6,7 @@ calling it, these tests write out the formulas of the papers, which TRL 1.16's
 −logσ(β·Δ); ipo is (Δ_avg − 1/(2β))² with Δ_avg the token-averaged log-ratio difference; TRL's
 CPO trainer's SimPO is −logσ(β·(mean log π_w − mean log π_l) − γ)). The conservative-DPO
 smoothing is Mitchell's (2023), as TRL wrote it before 1.0: −(1−ε)logσ(βΔ) − εlogσ(−βΔ).
+The SFT term is RPO's (Pang et al. 2024): the chosen response's NLL divided by its length.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 import pytest
 import torch
 
-from bigft.tasks.preference_losses import ipo_loss, sigmoid_loss, simpo_loss
+from bigft.tasks.preference_losses import ipo_loss, sft_loss, sigmoid_loss, simpo_loss
 
 
 def t(*values: float) -> torch.Tensor:
@@ -76,3 +77,11 @@ def test_losses_are_per_pair_and_fall_as_the_chosen_response_gains():
         chosen_tokens=t(3.0, 3.0), rejected_tokens=t(3.0, 3.0),
     )  # fmt: skip
     assert ipo.tolist() == pytest.approx([0.0, 0.25])
+
+
+def test_sft_term_is_the_chosen_responses_nll_per_token():
+    # −(−6)/4 = 1.5 and −(−3)/1 = 3; an empty response (0 tokens) divides by 1, not 0.
+    nll = sft_loss(t(-6.0, -3.0, 0.0), chosen_tokens=t(4.0, 1.0, 0.0))
+    assert nll.tolist() == pytest.approx([1.5, 3.0, 0.0], abs=1e-12)
+    # A longer response with the same per-token likelihood costs the same: no length bias.
+    assert sft_loss(t(-12.0), t(8.0)).item() == sft_loss(t(-6.0), t(4.0)).item()

@@ -14,6 +14,7 @@ from bigft.rl.advantages import explained_variance
 from bigft.rl.losses import value_loss
 from bigft.rl.ppo import ppo_targets
 from bigft.rl.rollout import Rollout, response_logits
+from bigft.rl.setup import reference_context
 from bigft.rl.value import VALUE_HEAD, adapter_values, attach_value_adapter
 
 
@@ -107,6 +108,11 @@ def test_the_value_head_starts_at_zero_and_both_adapters_train(policy_with_value
     assert getattr(model, VALUE_HEAD).weight.dtype == torch.float32
     values = adapter_values(model, _rollout())
     assert values.shape == (2, 3) and values.abs().sum() == 0
+    # The reference pass (every adapter disabled) leaves both adapters training: peft's
+    # re-enabling would freeze the inactive one.
+    with reference_context("lora", model, kl_coef=0.1)() as reference:
+        response_logits(reference, _rollout())
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == trainable
 
 
 def test_the_value_loss_reaches_only_the_value_adapter_and_the_policy_loss_only_the_policy_one(

@@ -75,10 +75,10 @@ SUBSTITUTIONS = {
     r"\bdata\.(train|eval)=(?:\S*/)?([^\s/]+)": r"data.\1={data}/\2",
     r"\brun=outputs/my-run\b": "run={run}",
     # The RL demo's short sft run: the tiny Llama instead of the demo base; its export and the
-    # grpo run read it from the test's outputs; a few held-out prompts.
+    # grpo and ppo runs read it from the test's outputs; a few held-out prompts.
     r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama}",
     r"\brun=outputs/demo-sft-40\b": "run={out}/demo-sft-40",
-    r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
+    r"^(bigft-train experiment=demo_(?:grpo|ppo)\b.*)$": r"\1 data.max_eval_examples=4",
     # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
     # source): rule rewards in its place; the key itself stays, so a renamed key still fails.
     r"\breward\.model=\S+": "reward.model=null reward.fn=tests.integration.rl_rewards:letters",

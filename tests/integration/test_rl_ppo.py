@@ -76,3 +76,14 @@ def test_ppo_refuses_what_cannot_work_at_start_up(make_cfg, overrides, message):
     cfg = make_cfg("ppo", method, REWARD, *more)
     with pytest.raises(ConfigError, match=message):
         train(cfg)
+
+
+def test_ppo_trains_a_value_adapter_over_a_4bit_base(make_cfg):
+    cfg = make_cfg(
+        "ppo", "qlora", REWARD, "task.max_new_tokens=4", "trainer.max_steps=2",
+        "trainer.eval_every=0", "data.max_eval_examples=2",
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["train/value_loss"] > 0 and math.isfinite(metrics["train/loss"])
+    model = Path(cfg.output_dir) / "model"
+    assert (model / "adapter_model.safetensors").is_file() and (model / "value").is_dir()

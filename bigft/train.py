@@ -48,8 +48,10 @@ from bigft.methods import apply_method
 from bigft.methods.params import describe_trainable
 from bigft.models.load import check_max_length, load_model, load_tokenizer
 from bigft.outputs import MODEL_SUBDIR, save_final
-from bigft.rl.loop import RLLoop
+from bigft.rl.grpo import GRPOLoop
+from bigft.rl.ppo import PPOLoop
 from bigft.rl.setup import build_rewards, reference_context
+from bigft.rl.value import adapter_values, attach_value_adapter
 from bigft.run_dirs import starting_model
 from bigft.tasks import TASKS, build_task
 from bigft.tasks.reference import attach_reference_logps
@@ -211,9 +213,12 @@ def _train(
     plan.check()
     steps = total_steps(cfg, plan)
 
-    # task=grpo: the frozen reference is taken from the initial weights, before training.
+    # task=grpo/ppo: the frozen reference is taken from the initial weights, before training;
+    # ppo's value adapter and head join the model first, to train, checkpoint and shard with it.
     reference = None
-    if cfg.task.name == "grpo":
+    if cfg.task.name == "ppo":
+        attach_value_adapter(model)
+    if cfg.task.name in RL_LOOPS:
         reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
@@ -258,8 +263,9 @@ def _train(
     state.wandb_id = tracker.wandb_id or state.wandb_id
 
     loop_cls, rl_parts = Loop, {}
-    if cfg.task.name == "grpo":
-        loop_cls, rl_parts = RLLoop, rl_loop_parts(cfg, tokenizer, env, reference)
+    if cfg.task.name in RL_LOOPS:
+        loop_cls = RL_LOOPS[cfg.task.name]
+        rl_parts = rl_loop_parts(cfg, tokenizer, env, reference, engine)
     loop = loop_cls(
         **rl_parts,
         engine=engine,
@@ -291,9 +297,21 @@ def _train(
     return metrics
 
 
-def rl_loop_parts(cfg: DictConfig, tokenizer: Any, env: DistEnv, reference: Any) -> dict:
-    """What RLLoop adds to the Loop for task=grpo: rewards, reference, sampling ids."""
+RL_LOOPS = {"grpo": GRPOLoop, "ppo": PPOLoop}
+
+
+def rl_loop_parts(
+    cfg: DictConfig, tokenizer: Any, env: DistEnv, reference: Any, engine: Engine
+) -> dict:
+    """What RLLoop adds to the Loop for task=grpo/ppo: rewards, reference, sampling ids, and
+    ppo's value model."""
+    parts = (
+        {}
+        if cfg.task.name != "ppo"
+        else {"value_fn": functools.partial(adapter_values, engine.module)}
+    )
     return {
+        **parts,
         "rewards": build_rewards(cfg, env.device),
         "reference": reference,
         "eos_ids": [tokenizer.eos_token_id],

@@ -1,4 +1,4 @@
-"""Start-up checks for task=grpo: values, and the combinations that cannot work, with the reason."""
+"""Start-up checks for task=grpo and task=ppo: values, and combinations that cannot work, why."""
 
 from __future__ import annotations
 
@@ -14,7 +14,13 @@ def _require(ok: bool, key: str, value: object, expected: str) -> None:
 
 def validate_rl(cfg: DictConfig) -> None:
     t, r = cfg.task, cfg.reward
-    _require(t.num_generations >= 2, "task.num_generations", t.num_generations, ">= 2 (a group)")
+    if t.name == "grpo":
+        _require(
+            t.num_generations >= 2, "task.num_generations", t.num_generations, ">= 2 (a group)"
+        )
+    else:
+        _require(t.num_generations >= 1, "task.num_generations", t.num_generations, ">= 1")
+        _validate_ppo(cfg)
     _require(t.max_new_tokens >= 1, "task.max_new_tokens", t.max_new_tokens, ">= 1")
     _require(t.temperature > 0, "task.temperature", t.temperature, "> 0 (sampling)")
     _require(0 < t.top_p <= 1, "task.top_p", t.top_p, "in (0, 1]")
@@ -52,4 +58,26 @@ def validate_rl(cfg: DictConfig) -> None:
             f"task.kl_coef={t.kl_coef}: the frozen reference copy of a sharded model is not "
             "built yet; use method=lora (the reference is the policy with adapters disabled), "
             "distributed=zero2, or task.kl_coef=0"
+        )
+
+
+def _validate_ppo(cfg: DictConfig) -> None:
+    t, method = cfg.task, cfg.method.name
+    _require(0 < t.gamma <= 1, "task.gamma", t.gamma, "in (0, 1] (GAE's discount)")
+    _require(0 <= t.lam <= 1, "task.lam", t.lam, "in [0, 1] (GAE's λ)")
+    _require(t.vf_coef > 0, "task.vf_coef", t.vf_coef, "> 0 (the value model must learn)")
+    clip = t.value_clip_range
+    _require(clip is None or clip > 0, "task.value_clip_range", clip, "> 0 or null")
+    _require(t.kl_in == "reward", "task.kl_in", t.kl_in, "reward (ppo's KL is a per-token reward)")
+    if method in ("full", "freeze"):
+        raise ConfigError(
+            f"method={method} with task=ppo: the separate value model that full fine-tuning needs "
+            "is not built yet; use method=lora or method=qlora (the value model is a second "
+            "adapter and a scalar head on the policy's base)"
+        )
+    if t.value_init == "reward":
+        raise ConfigError(
+            f"task.value_init=reward with method={method}: the value model is an adapter on the "
+            "policy's base, and the reward model is a model of its own whose head cannot be "
+            "shared; use task.value_init=policy"
         )

@@ -38,6 +38,7 @@ class TaskName(_Choice):
     reward = "reward"
     dpo = "dpo"
     grpo = "grpo"
+    ppo = "ppo"
 
 
 class PreferenceLoss(_Choice):
@@ -53,6 +54,11 @@ class RLAdvantage(_Choice):
 
 class KLIn(_Choice):
     loss = "loss"
+    reward = "reward"
+
+
+class ValueInit(_Choice):
+    policy = "policy"
     reward = "reward"
 
 
@@ -208,7 +214,8 @@ class TaskConfig:
     # as B × max_responses sequences (2, one pair, when unset).
     max_responses: int | None = None
     # dpo: the loss, its strength β (DPO/IPO: ~0.1; SimPO's paper used 2 to 10), conservative
-    # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ, and the reference model:
+    # DPO's label smoothing (sigmoid, simpo), SimPO's target margin γ (ppo: GAE's discount γ),
+    # and the reference model:
     # "auto" (the policy with its adapters disabled for lora/qlora/prefix, else "precompute"),
     # "precompute" (log-probs of the initial model, computed once before training and cached),
     # or a model path / run directory whose model is the reference (precomputed the same way).
@@ -244,6 +251,15 @@ class TaskConfig:
     missing_eos_penalty: float | None = None
     # The rollout engine: hf (transformers forwards with the KV cache, bigft/rl/rollout.py).
     rollout_engine: str = "hf"
+    # ppo (bigft/rl/ppo.py): GAE's λ (γ is `gamma` above), the value loss's weight and clip
+    # (null: unclipped), rewards normalised by their running mean and std, and where the value
+    # model starts: the policy (lora/qlora: a second adapter and a zero scalar head on the
+    # policy's base) or the reward model.
+    lam: float = 0.95
+    vf_coef: float = 0.1
+    value_clip_range: float | None = 0.2
+    normalize_rewards: bool = False
+    value_init: ValueInit = ValueInit.policy
 
 
 @dataclass

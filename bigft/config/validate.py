@@ -58,7 +58,7 @@ def validate(cfg: DictConfig) -> None:
     _validate_packing(cfg)
     if cfg.task.name == "dpo":
         _validate_dpo(cfg)
-    if cfg.task.name == "grpo":
+    if cfg.task.name in ("grpo", "ppo"):
         from bigft.config.rl import validate_rl
 
         validate_rl(cfg)

@@ -82,6 +82,8 @@ def param_counts(shape: ModelShape, s: Setup) -> ParamCounts:
     if s.head_outputs is not None:  # peft trains a new classification head in full
         adapters += head
         largest = max(largest, head)
+    if s.value_adapter:  # ppo: the value adapter (the policy adapter's shape) and its head
+        adapters = 2 * adapters + shape.hidden + 1
     return ParamCounts(total + adapters, adapters, adapters, largest)
 
 
@@ -251,6 +253,8 @@ def activation_bytes(shape: ModelShape, s: Setup) -> tuple[float, float]:
         if s.method == "freeze" and s.train_last_n_blocks:
             trained = block_activation_bytes(shape, s, True) * tokens
             blocks += s.train_last_n_blocks * (trained - one_block)
+    if s.value_adapter:  # ppo: the value forward's blocks are alive for the same backward
+        blocks *= 2
     kept, _ = _logits_bytes(shape, s, tokens)
     return blocks + kept + r * shape.hidden * tokens, one_block
 

@@ -1,11 +1,12 @@
-"""task=grpo's memory beyond the training step: the rollout phase, planned per GPU.
+"""task=grpo/ppo's memory beyond the training step: the rollout phase, planned per GPU.
 
 While a rank generates, it holds the policy (gathered whole under ZeRO-3: bigft gathers it once
 per rollout phase, not once per token), its trainable state, a frozen reference copy under full
 fine-tuning (lora/qlora use the policy with adapters disabled: nothing extra), and the KV cache
 of its whole rollout batch (micro_batch × grad_accum × num_generations rows of up to
 task.max_length tokens). A reward model (reward.model) adds its own weights, which the plan
-cannot size from the policy's shape: it says so.
+cannot size from the policy's shape: it says so. ppo's value adapter and head are part of the
+step (trainable state, a second forward's activations: bigft/plan/estimate.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def rollout_line(m: RolloutMemory | None, s: Setup, gib: float) -> list[str]:
         else "no reference (task.kl_coef=0)"
     )
     gathered = f", policy gathered for generation {m.gathered / gib:.2f} GiB" if m.gathered else ""
+    if s.value_adapter:
+        ref += "; value model: a second adapter and head on the same base (in the step)"
     return [
         f"  rollout    {s.rollout_rows} responses per GPU: KV cache {m.kv_cache / gib:.2f} GiB"
         f"{gathered}, {ref}; a reward.model's weights come on top"

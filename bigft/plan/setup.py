@@ -53,6 +53,9 @@ class Setup:
     # of the policy is the reference (full fine-tuning with task.kl_coef > 0).
     rollout_rows: int = 0
     rollout_reference_copy: bool = False
+    # task=ppo under lora/qlora: the value model is a second adapter and a scalar head on the
+    # policy's base (bigft/rl/value.py): twice the adapters, and a second forward's activations.
+    value_adapter: bool = False
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -134,9 +137,10 @@ def setup_from_config(cfg: Any) -> Setup:
         **_example(cfg),
         reference=reference_source(cfg),
         rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)
-        if task == "grpo"
+        if task in ("grpo", "ppo")
         else 0,
         rollout_reference_copy=task == "grpo" and float(cfg.task.kl_coef) > 0,
+        value_adapter=task == "ppo" and str(m.name) in ("lora", "qlora"),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),
@@ -160,7 +164,7 @@ def _example(cfg: Any) -> dict[str, Any]:
     task = str(cfg.task.name)
     if task == "dpo":  # both sides of a pair
         return {"sequences_per_example": 2, "example_unit": "pair"}
-    if task == "grpo":  # each prompt's responses, trained in one forward
+    if task in ("grpo", "ppo"):  # each prompt's responses, trained in one forward
         return {"sequences_per_example": int(cfg.task.num_generations), "example_unit": "prompt"}
     if task == "reward":  # each of a ranking's K responses scored once; a pair when K is unset
         k = cfg.task.get("max_responses")

@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "explained_variance",
+    "explained_variance_from_sums",
     "gae",
     "group_advantages",
     "kl_penalised_scores",
@@ -119,6 +121,24 @@ def gae(
         next_advantage = advantages[:, t]
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def explained_variance_from_sums(returns_sums: torch.Tensor, residual_sums: torch.Tensor) -> float:
+    """1 − Var(R − V) / Var(R) from `masked_sums` of the returns R and of the residuals R − V
+    (summable over micro-batches and ranks): 1 for a value model that predicts every return, 0
+    for one no better than the mean return, negative for a worse one; NaN when the returns do
+    not vary (nothing to explain)."""
+    _, var_returns = _moments(returns_sums.to(torch.float64), unbiased=False)
+    _, var_residual = _moments(residual_sums.to(torch.float64), unbiased=False)
+    if float(var_returns) == 0.0:
+        return float("nan")
+    return float(1.0 - var_residual / var_returns)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """How much of the returns' variance the values explain, over the masked tokens."""
+    residual = returns.detach() - values.detach()
+    return explained_variance_from_sums(masked_sums(returns, mask), masked_sums(residual, mask))
 
 
 def ppo_token_rewards(

@@ -1,4 +1,4 @@
-"""task=grpo on the one loop: each step is rollout → score → advantages → clipped updates.
+"""Online RL on the one loop: each step is rollout → score → advantages → clipped updates.
 
 `RLLoop` is the shared `Loop` (checkpoints, stop handling, tracking, the step counter and its
 schedule) with the two things that differ for online RL replaced: what one step does, and what
@@ -6,8 +6,12 @@ evaluation measures (greedy responses to the held-out prompts, scored by every r
 the eval-only ground truth included). A step's prompts are the BatchPlan's examples for this
 rank (trainer.micro_batch_size × grad_accum); each gets task.num_generations samples seeded by
 (trainer.seed, step, global sample index), so 2 ranks sample what 1 process samples and a
-resumed run re-derives them. The KL controller's β is the only state besides the weights: it
-rides in the checkpoint's JSON state (`LoopState.rl`).
+resumed run re-derives them. What is not a weight (the KL controller's β, ppo's reward
+normaliser) rides in the checkpoint's JSON state (`LoopState.rl`).
+
+The algorithms differ in two hooks: `advantages` (the rollout's scores → per-token advantages,
+bigft/rl/grpo.py's group baselines or bigft/rl/ppo.py's GAE on a value model) and `extra_loss`
+(what each micro-batch adds to the clipped policy loss: grpo's KL term, ppo's value loss).
 """
 
 from __future__ import annotations
@@ -22,14 +26,8 @@ import torch
 from bigft.distributed.comm import sum_across_ranks
 from bigft.engine.batches import eval_batches
 from bigft.engine.loop import Loop
-from bigft.rl.advantages import (
-    group_advantages,
-    kl_penalised_scores,
-    rloo_advantages,
-    sequence_to_tokens,
-)
 from bigft.rl.kl_control import kl_controller
-from bigft.rl.losses import kl_estimate, kl_loss, ppo_policy_loss, token_entropy, token_logprobs
+from bigft.rl.losses import kl_estimate, ppo_policy_loss, token_entropy, token_logprobs
 from bigft.rl.rewards import (
     RewardScores,
     RewardSum,
@@ -72,10 +70,14 @@ class Scored:
     old_logps: torch.Tensor | None  # None: one update only, the policy is its own "old"
     ref_logps: torch.Tensor | None
     stats: dict[str, float]
+    # What an algorithm's extra_loss needs besides (ppo: the rollout's values and GAE returns).
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
 class RLLoop(Loop):
+    """The shared RL step; subclasses give `advantages` and `extra_loss` (grpo.py, ppo.py)."""
+
     rewards: RewardSum | None = None
     reference: ReferenceContext | None = None
     eos_ids: list[int] = field(default_factory=list)
@@ -88,6 +90,44 @@ class RLLoop(Loop):
         self.kl = kl_controller(float(t.kl_coef), t.kl_target, float(t.kl_horizon))
         if self.state.rl:
             self.kl.load_state_dict(self.state.rl["kl"])
+
+    # ---- the algorithm's hooks ------------------------------------------------------------
+
+    def needs_old_logps(self) -> bool:
+        """Whether the rollout's log-probs are kept (else the policy is its own "old")."""
+        t = self.task.cfg
+        return int(t.ppo_epochs) * int(t.mini_batches) > 1
+
+    def advantages(
+        self,
+        rollout: Rollout,
+        scores: torch.Tensor,
+        old: torch.Tensor | None,
+        ref: torch.Tensor | None,
+        stats: dict[str, float],
+    ) -> Scored:
+        """The rollout's scores [rows] → per-token advantages (and stats, advantage_total...)."""
+        raise NotImplementedError
+
+    def extra_loss(
+        self,
+        logp: torch.Tensor,
+        part: Rollout,
+        scored: Scored,
+        rows: list[int],
+        units: float,
+        stats: dict[str, float],
+    ) -> torch.Tensor | None:
+        """A summed term added to a micro-batch's policy loss (None: nothing)."""
+        return None
+
+    def algorithm_metrics(self, totals: dict[str, float], updates: int) -> dict[str, float]:
+        """A step's metrics of the algorithm's own (from the summed totals of every rank)."""
+        return {}
+
+    def rl_state(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the weights."""
+        return {"kl": self.kl.state_dict()}
 
     # ---- rollout and scoring --------------------------------------------------------------
 
@@ -128,35 +168,19 @@ class RLLoop(Loop):
         seeds = rollout_seeds(self.seed, step, [i * n + j for i in ids for j in range(n)])
         rollout = self.rollout([e["prompt_ids"] for e in examples], seeds, greedy=False)
         scores, _ = self.score(examples, rollout)
-        mask = rollout.response_mask
-        single_update = int(t.ppo_epochs) * int(t.mini_batches) == 1
-        need_old = not single_update or (self.reference is not None and t.kl_in == "reward")
-        old = self.logps(self.engine.module, rollout) if need_old else None
+        old = self.logps(self.engine.module, rollout) if self.needs_old_logps() else None
         ref = None
         if self.reference is not None:
             with self.reference() as reference:
                 ref = self.logps(reference, rollout)
-        total = scores.total
         stats = reward_stats(scores)
-        if ref is not None and t.kl_in == "reward":
-            kl = kl_estimate(old, ref, "k1")
-            total = kl_penalised_scores(total, kl, mask, self.kl.value)
-            stats["kl_seq_sum"] = float((kl * mask).sum())
-        grouped = total.view(-1, n)
-        if t.advantage == "rloo":
-            adv = rloo_advantages(grouped)
-        else:
-            adv = group_advantages(grouped, scale=bool(t.scale_rewards))
-        adv = adv.reshape(-1)
         stats.update(
-            advantage_total=float(adv.sum()),
-            advantage_sq_total=float(adv.square().sum()),
-            response_tokens=float(mask.sum()),
+            response_tokens=float(rollout.response_mask.sum()),
             ended=float(rollout.ended_with_eos.sum()),
             gen_tokens=float(rollout.generated_tokens),
             gen_seconds=rollout.seconds,
         )
-        return Scored(rollout, sequence_to_tokens(adv, mask), old, ref, stats)
+        return self.advantages(rollout, scores.total, old, ref, stats)
 
     # ---- updates --------------------------------------------------------------------------
 
@@ -206,15 +230,13 @@ class RLLoop(Loop):
                     aggregation=how,
                 )
                 loss_sum = terms.loss_sum
-                if scored.ref_logps is not None and t.kl_in == "loss":
-                    ref = scored.ref_logps[rows][:, :width]
-                    kl = kl_loss(logp, ref, part.response_mask, aggregation=how)
-                    loss_sum = loss_sum + self.kl.value * kl.loss_sum
-                    _add(stats, {"kl_loss_sum": kl.stats["kl_sum"]})
+                extra = self.extra_loss(logp, part, scored, rows, units, stats)
+                if extra is not None:
+                    loss_sum = loss_sum + extra
                 if first:
-                    _add(stats, _first_pass_stats(logits, logp, scored, rows, part))
+                    add_stats(stats, _first_pass_stats(logits, logp, scored, rows, part))
                 self.engine.backward(loss_sum / max(units, 1.0))
-            _add(stats, {**terms.stats, "loss": float(loss_sum.detach()) / max(units, 1.0)})
+            add_stats(stats, {**terms.stats, "loss": float(loss_sum.detach()) / max(units, 1.0)})
         applied, grad_norm = self.engine.step()
         stats.update(applied=float(applied), grad_norm=grad_norm)
         return stats
@@ -233,7 +255,7 @@ class RLLoop(Loop):
             stats = self.update(scored, micros, first=k < int(self.task.cfg.mini_batches))
             norms.append(stats.pop("grad_norm"))
             applied += stats.pop("applied")
-            _add(totals, stats)
+            add_stats(totals, stats)
         train_seconds = time.perf_counter() - train_started
         seconds = {"gen_seconds": totals.pop("gen_seconds"), "train_seconds": train_seconds}
         totals = self.sum_step_stats(dict(sorted(totals.items())))
@@ -245,7 +267,7 @@ class RLLoop(Loop):
         metrics["train/grad_norm"] = norms[-1]
         metrics["train/step_seconds"] = time.perf_counter() - started
         self.kl.update(metrics.get("train/kl", 0.0), int(totals["samples"]))
-        self.state.rl = {"kl": self.kl.state_dict()}
+        self.state.rl = self.rl_state()
         self.state.tokens_seen += int(totals["response_tokens"])
         return metrics
 
@@ -254,7 +276,9 @@ class RLLoop(Loop):
     ) -> dict[str, float]:
         n = max(totals["samples"], 1.0)
         tokens = max(totals.get("tokens", 0.0), 1.0)
-        adv_mean = totals["advantage_total"] / n
+        # Per response (grpo) or per response token (ppo: advantage_count).
+        adv_n = max(totals.get("advantage_count", totals["samples"]), 1.0)
+        adv_mean = totals["advantage_total"] / adv_n
         metrics = {f"train/{k}": v for k, v in summarize_reward_stats(totals).items()}
         metrics.update(
             {
@@ -262,7 +286,7 @@ class RLLoop(Loop):
                 "train/lr": self.scheduler.get_last_lr()[0],
                 "train/kl_coef": self.kl.value,
                 "train/advantage_mean": adv_mean,
-                "train/advantage_std": max(totals["advantage_sq_total"] / n - adv_mean**2, 0.0)
+                "train/advantage_std": max(totals["advantage_sq_total"] / adv_n - adv_mean**2, 0.0)
                 ** 0.5,
                 "train/response_length": totals["response_tokens"] / n,
                 "train/eos_fraction": totals["ended"] / n,
@@ -282,6 +306,7 @@ class RLLoop(Loop):
         )
         if "kl_tok_sum" in totals:
             metrics["train/kl"] = totals["kl_tok_sum"] / n
+        metrics.update(self.algorithm_metrics(totals, updates))
         return metrics
 
     # ---- evaluation -----------------------------------------------------------------------
@@ -309,7 +334,7 @@ class RLLoop(Loop):
             batch = reward_stats(scores)
             batch["response_tokens"] = float(rollout.response_mask.sum())
             batch["ended"] = float(rollout.ended_with_eos.sum())
-            _add(stats, {k: v if counted else 0.0 for k, v in batch.items()})
+            add_stats(stats, {k: v if counted else 0.0 for k, v in batch.items()})
             if counted:
                 rows += _sample_rows(examples, responses, scores)[: SAMPLE_ROWS - len(rows)]
         self.engine.forward_model.train()
@@ -353,6 +378,6 @@ def _first_pass_stats(
     return out
 
 
-def _add(into: dict[str, float], values: dict[str, float]) -> None:
+def add_stats(into: dict[str, float], values: dict[str, float]) -> None:
     for key, value in values.items():
         into[key] = into.get(key, 0.0) + float(value)

@@ -247,12 +247,14 @@ def value_loss(
     mask: torch.Tensor,
     *,
     clip_range: float | None,
+    aggregation: Aggregation = "token",
 ) -> LossTerms:
     """½·max((V − R)², (V_clip − R)²) per token, V_clip = V_old + clip(V − V_old, ±clip_range).
 
     As in PPO's reference implementations the clip keeps the value head from moving far from
     the values the advantages were computed with; clip_range=None gives the plain ½(V − R)².
-    Aggregated over tokens. stats (summable): `value_clipped` tokens, `tokens`.
+    Aggregated like the policy loss it is added to. stats (summable): `value_clipped` tokens,
+    `tokens`.
     """
     mask = mask.to(values.dtype)
     returns = returns.detach()
@@ -265,5 +267,5 @@ def value_loss(
         clipped = (v_clip - returns).square()
         per_token = torch.maximum(unclipped, clipped)
         clipped_count = float(((clipped > unclipped).to(mask.dtype) * mask).sum())
-    loss_sum, units = aggregate(0.5 * per_token, mask, "token")
+    loss_sum, units = aggregate(0.5 * per_token, mask, aggregation)
     return LossTerms(loss_sum, units, {"value_clipped": clipped_count, "tokens": float(mask.sum())})

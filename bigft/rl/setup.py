@@ -60,8 +60,13 @@ def reference_context(
 
         @contextlib.contextmanager
         def disabled() -> Iterator[torch.nn.Module]:
+            trainable = [p for p in model.parameters() if p.requires_grad]
             with model.disable_adapter():
                 yield model
+            # peft re-enables the adapters through set_adapter(active), which freezes every
+            # inactive adapter: ppo's value adapter trains in the same steps as the policy's.
+            for param in trainable:
+                param.requires_grad_(True)
 
         return disabled
     frozen = copy.deepcopy(policy).eval().requires_grad_(False)

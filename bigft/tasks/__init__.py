@@ -10,6 +10,7 @@ from bigft.tasks.classify import ClassifyTask
 from bigft.tasks.dpo import DPOTask
 from bigft.tasks.grpo import GRPOTask
 from bigft.tasks.lm import LMTask
+from bigft.tasks.ppo import PPOTask
 from bigft.tasks.reward import RewardTask
 from bigft.tasks.sft import SFTTask
 
@@ -22,6 +23,7 @@ TASKS: dict[str, type] = {
     "reward": RewardTask,
     "dpo": DPOTask,
     "grpo": GRPOTask,
+    "ppo": PPOTask,
 }
 
 

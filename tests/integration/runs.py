@@ -59,7 +59,7 @@ def make_task_data(root: Path, task: str, n: int = 24, seed: int = 0) -> Path:
         rows = [_ranked(rng, reviewers=i % 2 + 1) for i in range(n)]
     elif task == "dpo":
         rows = [_preference(rng, ranked=i % 3 == 2) for i in range(n)]
-    elif task == "grpo":
+    elif task in ("grpo", "ppo"):
         rows = [{"prompt": _sentence(rng, rng.randint(2, 5))} for _ in range(n)]
     else:
         raise ValueError(task)

@@ -79,11 +79,11 @@ SUBSTITUTIONS = {
     r"\bmodel\.path=outputs/demo-sft-40\b": "model.path={out}/demo-sft-40",
     r"\bdata\.(train|eval)=(?:\S*/)?([^\s/]+)": r"data.\1={data}/\2",
     r"\brun=outputs/my-run\b": "run={run}",
-    # The RL demo's short sft run: the tiny Llama instead of the demo base (the grpo run reads
-    # it from the test's outputs); a few held-out prompts, in both.
+    # The RL demo's short sft run: the tiny Llama instead of the demo base (the grpo and ppo runs
+    # read it from the test's outputs); a few held-out prompts, in both.
     r"^(bigft-train name=demo-sft-40\b.*)$": r"\1 model=local model.path={tiny_llama} "
     "data.max_eval_examples=4",
-    r"^(bigft-train experiment=demo_grpo\b.*)$": r"\1 data.max_eval_examples=4",
+    r"^(bigft-train experiment=demo_(?:grpo|ppo)\b.*)$": r"\1 data.max_eval_examples=4",
     # A reward model run stands for one trained elsewhere (tests/unit test the reward-model
     # source): rule rewards in its place; the key itself stays, so a renamed key still fails.
     r"\breward\.model=\S+": "reward.model=null reward.fn=tests.integration.rl_rewards:letters",

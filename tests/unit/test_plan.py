@@ -12,7 +12,7 @@ from bigft.config import compose_config
 from bigft.config.validate import validate
 from bigft.errors import ConfigError
 from bigft.plan import check_fits
-from bigft.plan.estimate import GIB
+from bigft.plan.estimate import GIB, param_counts
 
 # The QLoRA paper's two figures for LLaMA-65B, in the unit GPUs are sized in; a "48 GB" GPU
 # (an A6000, an L40S) holds 48 GiB, and bigft's QLoRA step fits in 48 decimal GB as well.
@@ -295,3 +295,21 @@ def test_grpo_plans_the_rollout_phase_kv_cache_and_reference():
     assert rollout > zero3.breakdown.total and zero3.peak == rollout
     assert f"FITS: {rollout / GIB:.1f} GiB of" in zero3.render()
     assert check_fits(compose_config(["model=llama7b", "method=lora"])).rollout is None
+
+
+def test_ppo_plans_the_value_adapter_and_the_rollout():
+    """LLaMA-7B LoRA ppo against the same grpo run: the value adapter doubles the adapters (plus
+    a 4,097-weight head) and the step keeps a second forward's block activations; the rollout
+    (8 responses of 1,024 tokens: a 4 GiB KV cache) is planned as grpo's."""
+    common = [
+        "model=llama7b", "reward.fn=m:f", "task.num_generations=8", "task.max_length=1024",
+        "trainer.micro_batch_size=1", "trainer.grad_accum=1", "method=lora",
+    ]  # fmt: skip
+    ppo = check_fits(compose_config([*common, "task=ppo"]))
+    grpo = check_fits(compose_config([*common, "task=grpo"]))
+    assert ppo.setup.value_adapter and not grpo.setup.value_adapter
+    p, g = param_counts(ppo.shape, ppo.setup), param_counts(grpo.shape, grpo.setup)
+    assert p.trainable == 2 * g.trainable + 4096 + 1
+    assert ppo.breakdown.activations > 1.5 * grpo.breakdown.activations
+    assert ppo.rollout.kv_cache == grpo.rollout.kv_cache and ppo.rollout.reference == 0
+    assert "value model: a second adapter" in ppo.render()

@@ -434,9 +434,9 @@ def test_tokenize_cache_round_trip(tmp_path, tiny_tokenizer):
 
 def test_build_task_rejects_unknown_names(tiny_tokenizer):
     class Fake:
-        name = "ppo"
+        name = "sac"
 
-    with pytest.raises(ConfigError, match="unknown task 'ppo'"):
+    with pytest.raises(ConfigError, match="unknown task 'sac'"):
         build_task(Fake(), tiny_tokenizer)
 
 

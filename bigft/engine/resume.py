@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -40,25 +41,34 @@ RESUMABLE_CHANGES = (
 )
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+def flatten_keys(node: object, prefix: str = "") -> dict[str, object]:
+    """{"optim.lr": 1e-3, ...}: a config (as plain containers) by its dotted keys."""
     if isinstance(node, dict):
         out: dict[str, object] = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten_keys(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): node}
 
 
+def key_changes(old: dict, new: dict, ignore: Callable[[str], bool]) -> list[str]:
+    """'key: old → new' for every dotted key whose value differs, except where `ignore(key)`."""
+    old, new = flatten_keys(old), flatten_keys(new)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if ignore(key) or old.get(key) == new.get(key):
+            continue
+        changes.append(f"{key}: {old.get(key, '(unset)')!r} → {new.get(key, '(unset)')!r}")
+    return changes
+
+
 def config_changes(saved: DictConfig, current: DictConfig) -> list[str]:
     """'key: old → new' for every setting that differs and matters to training."""
-    old = _flatten(OmegaConf.to_container(saved, resolve=True))
-    new = _flatten(OmegaConf.to_container(current, resolve=True))
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        if key.startswith(RESUMABLE_CHANGES) or old.get(key) == new.get(key):
-            continue
-        changed.append(f"{key}: {old.get(key)!r} → {new.get(key)!r}")
-    return changed
+    return key_changes(
+        OmegaConf.to_container(saved, resolve=True),
+        OmegaConf.to_container(current, resolve=True),
+        ignore=lambda key: key.startswith(RESUMABLE_CHANGES),
+    )
 
 
 def _check_global_batch(

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from bigft.engine.resume import flatten_keys
 from bigft.errors import BigftError, ConfigError
 from bigft.pipeline.stages import Stage
 from bigft.pipeline.state import (
@@ -121,7 +122,7 @@ def _producer(value: Any, producers: dict[str, tuple[str, str | None]]):
 
 def _check_stage(plan: StagePlan, producers: dict, *, slurm: bool) -> str | None:
     """Checks one stage; returns the model its output can stand in for (train, export)."""
-    flat = _flat(config_dict(plan.cfg))
+    flat = flatten_keys(config_dict(plan.cfg))
     pending = {k: p for k, v in flat.items() if (p := _producer(v, producers)) is not None}
     plan.produced_inputs = [
         f"{k}={flat[k]}: will be produced by stage {p[0]}" for k, p in pending.items()
@@ -199,15 +200,6 @@ def _memory(cfg: DictConfig) -> str:
         else (f"a {cfg.launcher.gpu_memory_gb:g} GiB GPU")
     )
     return f"{plan.peak / GIB:.1f} GiB per GPU, {verdict} on {where}"
-
-
-def _flat(node: object, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for key, value in node.items():
-            out.update(_flat(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): node}
 
 
 def render(plans: list[StagePlan], *, slurm: bool) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from bigft.engine.resume import CONFIG_FILE
+from bigft.engine.resume import CONFIG_FILE, key_changes
 from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE
 from bigft.pipeline.stages import Stage
 
@@ -80,24 +80,11 @@ def config_dict(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
-    if isinstance(node, dict):
-        out: dict[str, object] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): node}
-
-
 def changed_keys(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: old → new' for every setting that differs, launch and logging settings aside."""
-    old, new = _flatten(recorded), _flatten(current)
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        if key.split(".", 1)[0] in IGNORED_CHANGES or old.get(key) == new.get(key):
-            continue
-        changes.append(f"{key}: {old.get(key, '(unset)')!r} → {new.get(key, '(unset)')!r}")
-    return changes
+    return key_changes(
+        recorded, current, ignore=lambda key: key.split(".", 1)[0] in IGNORED_CHANGES
+    )
 
 
 def set_aside(path: Path) -> Path:

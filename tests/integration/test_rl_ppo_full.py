@@ -61,3 +61,26 @@ def test_full_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     assert float(saved["head.weight"].abs().sum()) > 0
     assert any(k.startswith("decoder.layers.") for k in saved)
     assert torch.load(last / VALUE_SCHEDULER_FILE, weights_only=True)["last_epoch"] == 4
+
+
+def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
+    make_cfg, tmp_path, tiny_llama_dir
+):
+    from transformers import AutoConfig, AutoTokenizer, LlamaForSequenceClassification
+
+    config = AutoConfig.from_pretrained(tiny_llama_dir, num_labels=1)
+    torch.manual_seed(5)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "rm")
+    cfg = make_cfg(
+        "ppo", "freeze", *FAST, "method.train_last_n_blocks=1", f"reward.model={tmp_path / 'rm'}",
+        "task.value_init=reward", "trainer.max_steps=2", "trainer.eval_every=0",
+        "trainer.save_model=false",
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics["train/value_loss"] > 0 and math.isfinite(metrics["train/loss"])
+    saved = load_file(list_checkpoints(Path(cfg.output_dir))[-1] / VALUE_FILE)
+    # The blocks method=freeze trains in the policy, and the reward model's score head (no bias).
+    assert any(k.startswith("decoder.layers.1.") for k in saved)
+    assert not any(k.startswith("decoder.layers.0.") for k in saved)
+    assert "head.weight" in saved and "head.bias" not in saved

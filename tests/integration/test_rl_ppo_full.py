@@ -75,7 +75,6 @@ def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
     cfg = make_cfg(
         "ppo", "freeze", *FAST, "method.train_last_n_blocks=1", f"reward.model={tmp_path / 'rm'}",
         "task.value_init=reward", "trainer.max_steps=2", "trainer.eval_every=0",
-        "trainer.save_model=false",
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics["train/value_loss"] > 0 and math.isfinite(metrics["train/loss"])
@@ -84,3 +83,6 @@ def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
     assert any(k.startswith("decoder.layers.1.") for k in saved)
     assert not any(k.startswith("decoder.layers.0.") for k in saved)
     assert "head.weight" in saved and "head.bias" not in saved
+    # The final model is the policy alone: the value model is a training aid, in checkpoints.
+    model = Path(cfg.output_dir) / "model"
+    assert (model / "config.json").is_file() and not (model / "value").exists()

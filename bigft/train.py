@@ -34,7 +34,12 @@ from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stag
 from bigft.distributed.engine import Engine, build_engine
 from bigft.distributed.universal import ensure_universal, universal_config
 from bigft.engine.batches import BatchPlan
-from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
+from bigft.engine.checkpoint import (
+    load_extra,
+    load_trainable_weights,
+    load_training_state,
+    read_state,
+)
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.precision import apply_precision, bf16_supported
@@ -259,7 +264,7 @@ def _train(
         )
         state = LoopState.from_dict(saved)
         if values is not None:
-            values.load(checkpoint)
+            load_extra(checkpoint, "the value model", values.load)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
     tracker = start_tracking(

@@ -277,6 +277,12 @@ def load_trainable_weights(path: Path, model: torch.nn.Module) -> None:
         load_trainable_state_dict(model, load_file(path / TRAINABLE_FILE))
 
 
+def load_extra(path: Path, what: str, load: Callable[[Path], None]) -> None:
+    """A task's own checkpoint files (ppo: a separate value model), failing as the rest do."""
+    with _loading(path, what):
+        load(path)
+
+
 def load_training_state(
     path: Path,
     *,

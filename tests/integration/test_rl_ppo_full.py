@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from bigft.engine.checkpoint import list_checkpoints
 from bigft.engine.loop import Faults
+from bigft.errors import CheckpointError
 from bigft.rl.value_model import VALUE_FILE, VALUE_OPTIMIZER_FILE, VALUE_SCHEDULER_FILE
 from bigft.train import train
 
@@ -72,10 +73,11 @@ def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
     torch.manual_seed(5)
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     AutoTokenizer.from_pretrained(tiny_llama_dir).save_pretrained(tmp_path / "rm")
-    cfg = make_cfg(
-        "ppo", "freeze", *FAST, "method.train_last_n_blocks=1", f"reward.model={tmp_path / 'rm'}",
+    overrides = (
+        *FAST, "method.train_last_n_blocks=1", f"reward.model={tmp_path / 'rm'}",
         "task.value_init=reward", "trainer.max_steps=2", "trainer.eval_every=0",
     )  # fmt: skip
+    cfg = make_cfg("ppo", "freeze", *overrides)
     metrics = train(cfg)
     assert metrics["train/value_loss"] > 0 and math.isfinite(metrics["train/loss"])
     saved = load_file(list_checkpoints(Path(cfg.output_dir))[-1] / VALUE_FILE)
@@ -86,3 +88,8 @@ def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
     # The final model is the policy alone: the value model is a training aid, in checkpoints.
     model = Path(cfg.output_dir) / "model"
     assert (model / "config.json").is_file() and not (model / "value").exists()
+    # A value model that cannot be read back stops the resume with the reason.
+    value_file = list_checkpoints(Path(cfg.output_dir))[-1] / VALUE_FILE
+    value_file.write_bytes(b"x" * value_file.stat().st_size)
+    with pytest.raises(CheckpointError, match="cannot be loaded: the value model"):
+        train(make_cfg("ppo", "freeze", *overrides, "trainer.max_steps=3"))

@@ -54,6 +54,9 @@ def test_full_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     ):
         assert key in metrics and math.isfinite(metrics[key]), key
     assert metrics["train/value_grad_norm"] > 0
+    # The policy copy's zero head: the first rollout is valued at exactly 0.
+    first = next(m for m in read_metrics(Path(whole.output_dir)) if "train/value_mean" in m)
+    assert first["step"] == 1 and first["train/value_mean"] == 0
     last = list_checkpoints(Path(whole.output_dir))[-1]
     for name in (VALUE_FILE, VALUE_OPTIMIZER_FILE, VALUE_SCHEDULER_FILE):
         assert (last / name).is_file(), name
@@ -93,3 +96,26 @@ def test_freeze_ppo_starts_the_value_model_from_the_reward_model(
     value_file.write_bytes(b"x" * value_file.stat().st_size)
     with pytest.raises(CheckpointError, match="cannot be loaded: the value model"):
         train(make_cfg("ppo", "freeze", *overrides, "trainer.max_steps=3"))
+
+
+def test_full_ppo_starts_the_value_model_from_a_bigft_lora_reward_run(
+    make_cfg, tmp_path, tiny_llama_dir
+):
+    from bigft.config import compose_config
+
+    from .runs import train_overrides
+
+    rm = compose_config(
+        [*train_overrides(tmp_path, tiny_llama_dir, "reward", "lora"), "name=rm",
+         "trainer.max_steps=2"]
+    )  # fmt: skip
+    train(rm)
+    cfg = make_cfg(
+        "ppo", "full", *FAST, f"reward.model={rm.output_dir}", "task.value_init=reward",
+        "trainer.max_steps=1", "trainer.eval_every=0", "trainer.save_model=false",
+    )  # fmt: skip
+    train(cfg)
+    first = next(m for m in read_metrics(Path(cfg.output_dir)) if "train/value_mean" in m)
+    # The reward model's merged weights and head value the first rollout (a policy copy's zero
+    # head would give exactly 0).
+    assert first["train/value_mean"] != 0 and math.isfinite(first["train/value_loss"])

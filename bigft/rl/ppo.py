@@ -181,6 +181,10 @@ class PPOLoop(RLLoop):
         super().step_schedules()
         self.values.schedule()
 
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        # A non-finite value model must not replace a good checkpoint either.
+        return [*super().trainable_parameters(), *self.values.parameters()]
+
     def save_extra(self, path: Path) -> None:
         self.values.save(path, self.env.is_main)
 

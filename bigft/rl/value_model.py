@@ -42,6 +42,7 @@ class Values(Protocol):
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
     def step(self) -> float | None: ...  # after the policy's update: the grad norm, if own
     def schedule(self) -> None: ...  # after the policy's schedule steps
+    def parameters(self) -> list[torch.nn.Parameter]: ...  # trainable, beyond the policy's
     def save(self, path: Path, is_main: bool) -> None: ...
     def load(self, path: Path) -> None: ...
 
@@ -63,6 +64,9 @@ class AdapterValues:
 
     def schedule(self) -> None:
         pass
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []  # the adapter and head are among the policy model's own
 
     def save(self, path: Path, is_main: bool) -> None:
         pass
@@ -119,6 +123,9 @@ class SeparateValues:
 
     def schedule(self) -> None:
         self.scheduler.step()
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
 
     def save(self, path: Path, is_main: bool) -> None:
         if is_main:  # every DDP replica holds the same weights and optimizer state

@@ -102,3 +102,24 @@ def test_a_reward_model_with_another_tokenizer_is_refused(policy, reward_dir):
     other = build_tokenizer(["a different corpus altogether, with its own words"] * 5, 120)
     with pytest.raises(ConfigError, match="tokenizer is not the policy's"):
         value_from_reward(str(reward_dir), policy, other, torch.device("cpu"))
+
+
+def test_the_weight_check_before_each_checkpoint_covers_a_separate_value_model(policy):
+    from types import SimpleNamespace
+
+    from bigft.distributed.engine import PlainEngine
+    from bigft.distributed.env import DistEnv
+    from bigft.rl.ppo import PPOLoop
+    from bigft.rl.value_model import AdapterValues, SeparateValues
+
+    value = value_from_policy(policy)
+    env = DistEnv()
+    engine = PlainEngine(value, torch.optim.SGD(value.parameters(), lr=0.1), env, None)
+    values = SeparateValues(engine, None)
+    assert [id(p) for p in values.parameters()] == [id(p) for p in value.parameters()]
+    assert AdapterValues(policy).parameters() == []
+    # Loop.weights_are_finite checks trainable_parameters(): the policy's and the value's.
+    loop = object.__new__(PPOLoop)  # only the two fields the method reads
+    loop.engine, loop.values = SimpleNamespace(module=policy), values
+    checked = {id(p) for p in loop.trainable_parameters()}
+    assert checked == {id(p) for p in [*policy.parameters(), *value.parameters()]}

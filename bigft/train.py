@@ -34,7 +34,12 @@ from bigft.distributed.deepspeed_config import build_deepspeed_config, zero_stag
 from bigft.distributed.engine import Engine, build_engine
 from bigft.distributed.universal import ensure_universal, universal_config
 from bigft.engine.batches import BatchPlan
-from bigft.engine.checkpoint import load_trainable_weights, load_training_state, read_state
+from bigft.engine.checkpoint import (
+    load_extra,
+    load_trainable_weights,
+    load_training_state,
+    read_state,
+)
 from bigft.engine.loop import Faults, Loop, LoopState
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.engine.precision import apply_precision, bf16_supported
@@ -51,7 +56,8 @@ from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.rl.grpo import GRPOLoop
 from bigft.rl.ppo import PPOLoop
 from bigft.rl.setup import build_rewards, reference_context
-from bigft.rl.value import adapter_values, attach_value_adapter
+from bigft.rl.value import attach_value_adapter
+from bigft.rl.value_model import build_values
 from bigft.run_dirs import starting_model
 from bigft.tasks import TASKS, build_task
 from bigft.tasks.reference import attach_reference_logps
@@ -214,12 +220,18 @@ def _train(
     steps = total_steps(cfg, plan)
 
     # task=grpo/ppo: the frozen reference is taken from the initial weights, before training;
-    # ppo's value adapter and head join the model first, to train, checkpoint and shard with it.
-    reference = None
-    if cfg.task.name == "ppo":
+    # ppo's value adapter and head join the model first, to train, checkpoint and shard with it
+    # (under full/freeze ppo's value model is one of its own, also built from the initial weights).
+    reference, values = None, None
+    if cfg.task.name == "ppo" and cfg.method.name in ("lora", "qlora"):
         attach_value_adapter(model)
     if cfg.task.name in RL_LOOPS:
         reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
+    if cfg.task.name == "ppo":
+        values = build_values(
+            cfg, policy=model, tokenizer=tokenizer, env=env, total_steps=steps,
+            bf16_update=bf16_update,
+        )  # fmt: skip
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
@@ -251,6 +263,8 @@ def _train(
             saved_world=saved["world_size"],
         )
         state = LoopState.from_dict(saved)
+        if values is not None:
+            load_extra(checkpoint, "the value model", values.load)
         if env.is_main:
             log.info("resumed from %s (step %d)", checkpoint, state.step)
     tracker = start_tracking(
@@ -265,7 +279,7 @@ def _train(
     loop_cls, rl_parts = Loop, {}
     if cfg.task.name in RL_LOOPS:
         loop_cls = RL_LOOPS[cfg.task.name]
-        rl_parts = rl_loop_parts(cfg, tokenizer, env, reference, engine)
+        rl_parts = rl_loop_parts(cfg, tokenizer, env, reference, values)
     loop = loop_cls(
         **rl_parts,
         engine=engine,
@@ -301,15 +315,11 @@ RL_LOOPS = {"grpo": GRPOLoop, "ppo": PPOLoop}
 
 
 def rl_loop_parts(
-    cfg: DictConfig, tokenizer: Any, env: DistEnv, reference: Any, engine: Engine
+    cfg: DictConfig, tokenizer: Any, env: DistEnv, reference: Any, values: Any
 ) -> dict:
     """What RLLoop adds to the Loop for task=grpo/ppo: rewards, reference, sampling ids, and
     ppo's value model."""
-    parts = (
-        {}
-        if cfg.task.name != "ppo"
-        else {"value_fn": functools.partial(adapter_values, engine.module)}
-    )
+    parts = {} if values is None else {"values": values}
     return {
         **parts,
         "rewards": build_rewards(cfg, env.device),

@@ -70,14 +70,26 @@ def _validate_ppo(cfg: DictConfig) -> None:
     _require(clip is None or clip > 0, "task.value_clip_range", clip, "> 0 or null")
     _require(t.kl_in == "reward", "task.kl_in", t.kl_in, "reward (ppo's KL is a per-token reward)")
     if method in ("full", "freeze"):
-        raise ConfigError(
-            f"method={method} with task=ppo: the separate value model that full fine-tuning needs "
-            "is not built yet; use method=lora or method=qlora (the value model is a second "
-            "adapter and a scalar head on the policy's base)"
-        )
-    if t.value_init == "reward":
+        _validate_separate_value(cfg)
+    elif t.value_init == "reward":
         raise ConfigError(
             f"task.value_init=reward with method={method}: the value model is an adapter on the "
             "policy's base, and the reward model is a model of its own whose head cannot be "
-            "shared; use task.value_init=policy"
+            "shared; use task.value_init=policy, or method=full (a separate value model)"
+        )
+
+
+def _validate_separate_value(cfg: DictConfig) -> None:
+    """method=full|freeze: the value model is a model of its own, trained beside the policy."""
+    t, method = cfg.task, cfg.method.name
+    if cfg.distributed.deepspeed:
+        raise ConfigError(
+            f"method={method} with task=ppo under distributed={cfg.distributed.name}: the "
+            "separate value model would need a second DeepSpeed engine, which is not built; use "
+            "distributed=ddp (or single), or method=lora (the value model is an adapter)"
+        )
+    if t.value_init == "reward" and not cfg.reward.model:
+        raise ConfigError(
+            "task.value_init=reward needs reward.model=<a reward run or sequence-classification "
+            "model directory> to start the value model from; use task.value_init=policy"
         )

@@ -25,7 +25,7 @@ import os
 import random
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +184,7 @@ def save_checkpoint(
     keep_last: int,
     env: DistEnv,
     with_trainable: bool = True,
+    save_extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write a checkpoint; every rank calls it (ZeRO ranks each write their own shard)."""
     root = checkpoint_dir(run_dir)
@@ -202,6 +203,8 @@ def save_checkpoint(
         if env.is_main:
             save_file(weights, tmp / TRAINABLE_FILE)
     torch.save(_rng_state(), tmp / rng_file(env.rank))
+    if save_extra is not None:
+        save_extra(tmp)  # before the manifest, which must list these files too
     barrier()
     if env.is_main:
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
@@ -272,6 +275,12 @@ def load_trainable_weights(path: Path, model: torch.nn.Module) -> None:
         if not (path / TRAINABLE_FILE).is_file():
             raise FileNotFoundError(f"no {TRAINABLE_FILE}: the trained weights are not there")
         load_trainable_state_dict(model, load_file(path / TRAINABLE_FILE))
+
+
+def load_extra(path: Path, what: str, load: Callable[[Path], None]) -> None:
+    """A task's own checkpoint files (ppo: a separate value model), failing as the rest do."""
+    with _loading(path, what):
+        load(path)
 
 
 def load_training_state(

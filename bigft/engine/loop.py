@@ -224,6 +224,9 @@ class Loop:
         local_bad = sum(not bool(torch.isfinite(p).all()) for p in self.trainable_parameters())
         return sum_across_ranks({"bad": float(local_bad)})["bad"] == 0
 
+    def save_extra(self, path: Path) -> None:
+        """Files of a task's own in the checkpoint being written (ppo: a separate value model)."""
+
     def checkpoint(self) -> None:
         # Never replace a good checkpoint with weights that have already gone non-finite.
         if not self.weights_are_finite():
@@ -238,6 +241,7 @@ class Loop:
             keep_last=self.trainer.keep_last,
             env=self.env,
             with_trainable=self.checkpoint_trainable,
+            save_extra=self.save_extra,
         )
         self.last_save = time.monotonic()
         if self.env.is_main:

@@ -15,7 +15,7 @@ peak, which is also what the step tracer reports.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 from bigft.plan.setup import Setup
 from bigft.plan.shape import ModelShape
@@ -253,7 +253,7 @@ def activation_bytes(shape: ModelShape, s: Setup) -> tuple[float, float]:
         if s.method == "freeze" and s.train_last_n_blocks:
             trained = block_activation_bytes(shape, s, True) * tokens
             blocks += s.train_last_n_blocks * (trained - one_block)
-    if s.value_adapter:  # ppo: the value forward's blocks are alive for the same backward
+    if s.value_adapter or s.value_model:  # ppo: the value forward's blocks live to the backward
         blocks *= 2
     kept, _ = _logits_bytes(shape, s, tokens)
     return blocks + kept + r * shape.hidden * tokens, one_block
@@ -277,9 +277,24 @@ def _zero_buffers(shape: ModelShape, s: Setup) -> tuple[float, float]:
     return reduce + gathered, step
 
 
+def value_model_states(shape: ModelShape, s: Setup) -> States:
+    """task=ppo under full/freeze: the separate value model, the policy's decoder with a
+    one-output head instead of the LM head, trained as the method trains the policy."""
+    return model_states(shape, replace(s, head_outputs=1, value_model=False))
+
+
 def estimate(shape: ModelShape, s: Setup) -> Breakdown:
     """Per-GPU bytes at the peak of one steady-state training step."""
     st = model_states(shape, s)
+    if s.value_model:  # its weights, gradients and optimizer sit beside the policy's
+        v = value_model_states(shape, s)
+        st = replace(
+            st,
+            weights=st.weights + v.weights,
+            trainable=st.trainable + v.trainable,
+            gradients=st.gradients + v.gradients,
+            optimizer=st.optimizer + v.optimizer,
+        )
     acts, one_block = activation_bytes(shape, s)
     tokens = tokens_per_forward(s)
     kept, transient = _logits_bytes(shape, s, tokens)

@@ -5,8 +5,11 @@ per rollout phase, not once per token), its trainable state, a frozen reference 
 fine-tuning (lora/qlora use the policy with adapters disabled: nothing extra), and the KV cache
 of its whole rollout batch (micro_batch × grad_accum × num_generations rows of up to
 task.max_length tokens). A reward model (reward.model) adds its own weights, which the plan
-cannot size from the policy's shape: it says so. ppo's value adapter and head are part of the
-step (trainable state, a second forward's activations: bigft/plan/estimate.py).
+cannot size from the policy's shape: it says so. ppo's value model is part of the step
+(bigft/plan/estimate.py): under lora/qlora an adapter and head (trainable state, a second
+forward's activations); under full/freeze a separate model (the policy's decoder and a scalar
+head, with its gradients and optimizer state), so full ppo holds four models: policy, value,
+reference and the reward model.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ def rollout_line(m: RolloutMemory | None, s: Setup, gib: float) -> list[str]:
     gathered = f", policy gathered for generation {m.gathered / gib:.2f} GiB" if m.gathered else ""
     if s.value_adapter:
         ref += "; value model: a second adapter and head on the same base (in the step)"
+    if s.value_model:
+        ref += "; value model: a separate copy with its optimizer (in the step)"
     return [
         f"  rollout    {s.rollout_rows} responses per GPU: KV cache {m.kv_cache / gib:.2f} GiB"
         f"{gathered}, {ref}; a reward.model's weights come on top"

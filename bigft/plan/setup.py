@@ -56,6 +56,9 @@ class Setup:
     # task=ppo under lora/qlora: the value model is a second adapter and a scalar head on the
     # policy's base (bigft/rl/value.py): twice the adapters, and a second forward's activations.
     value_adapter: bool = False
+    # task=ppo under full/freeze: the value model is a separate model (bigft/rl/value_model.py):
+    # the policy's decoder with a 1-output head, its own gradients and optimizer state.
+    value_model: bool = False
     # method details
     train_last_n_blocks: int = 0
     lora_r: int = 8
@@ -139,8 +142,9 @@ def setup_from_config(cfg: Any) -> Setup:
         rollout_rows=int(t.micro_batch_size * t.grad_accum * cfg.task.num_generations)
         if task in ("grpo", "ppo")
         else 0,
-        rollout_reference_copy=task == "grpo" and float(cfg.task.kl_coef) > 0,
+        rollout_reference_copy=task in ("grpo", "ppo") and float(cfg.task.kl_coef) > 0,
         value_adapter=task == "ppo" and str(m.name) in ("lora", "qlora"),
+        value_model=task == "ppo" and str(m.name) in ("full", "freeze"),
         train_last_n_blocks=int(m.train_last_n_blocks),
         lora_r=int(m.r),
         lora_targets=tuple(str(x) for x in m.target_modules),

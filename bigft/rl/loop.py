@@ -16,6 +16,7 @@ bigft/rl/grpo.py's group baselines or bigft/rl/ppo.py's GAE on a value model) an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,16 @@ class RLLoop(Loop):
         """A step's metrics of the algorithm's own (from the summed totals of every rank)."""
         return {}
 
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        """The engine's micro-batch (ppo: and a separate value model's)."""
+        return self.engine.micro_batch(last)
+
+    def after_update(self) -> None:
+        """After the policy's optimizer step (ppo: a separate value model's step)."""
+
+    def step_schedules(self) -> None:
+        self.scheduler.step()
+
     def rl_state(self) -> dict[str, Any]:
         """What a checkpoint keeps besides the weights."""
         return {"kl": self.kl.state_dict()}
@@ -216,7 +227,7 @@ class RLLoop(Loop):
             part = select_rows(scored.rollout, rows)
             width = part.response_ids.shape[1]
             adv = scored.advantages[rows][:, :width]
-            with self.engine.micro_batch(last=i == len(micros) - 1), self.autocast():
+            with self.micro_batch(last=i == len(micros) - 1), self.autocast():
                 logits = response_logits(model, part)
                 logp = token_logprobs(logits, part.response_ids)
                 old = logp if scored.old_logps is None else scored.old_logps[rows][:, :width]
@@ -239,6 +250,7 @@ class RLLoop(Loop):
             add_stats(stats, {**terms.stats, "loss": float(loss_sum.detach()) / max(units, 1.0)})
         applied, grad_norm = self.engine.step()
         stats.update(applied=float(applied), grad_norm=grad_norm)
+        self.after_update()
         return stats
 
     # ---- one step -------------------------------------------------------------------------
@@ -261,7 +273,7 @@ class RLLoop(Loop):
         totals = self.sum_step_stats(dict(sorted(totals.items())))
         finite = applied == len(norms) and all(map(math.isfinite, norms))
         if finite:
-            self.scheduler.step()
+            self.step_schedules()
         self.record_step_health(finite, step)
         metrics = self.step_metrics(totals, seconds, len(norms))
         metrics["train/grad_norm"] = norms[-1]

@@ -12,8 +12,10 @@ Each micro-batch's loss is the clipped policy loss plus task.vf_coef × the clip
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -29,8 +31,7 @@ from bigft.rl.kl_control import RunningMoments
 from bigft.rl.loop import RLLoop, Scored, add_stats
 from bigft.rl.losses import kl_estimate, value_loss
 from bigft.rl.rollout import Rollout
-
-ValueFn = Callable[[Rollout], torch.Tensor]
+from bigft.rl.value_model import Values
 
 
 @dataclass
@@ -72,9 +73,10 @@ def ppo_targets(
 
 @dataclass
 class PPOLoop(RLLoop):
-    # The rollout rows → V [rows, response_len] (with grad), e.g. bigft/rl/value.py's.
-    value_fn: ValueFn | None = None
+    # The value model: an adapter on the policy's base, or a model of its own (value_model.py).
+    values: Values | None = None
     reward_moments: RunningMoments = field(default_factory=RunningMoments, init=False)
+    value_grad_norm: float | None = field(default=None, init=False)  # the step's last update's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -90,7 +92,7 @@ class PPOLoop(RLLoop):
     @torch.no_grad()
     def rollout_values(self, rollout: Rollout) -> torch.Tensor:
         with self.autocast():
-            return self.value_fn(rollout)
+            return self.values.values(rollout)
 
     def advantages(
         self,
@@ -144,7 +146,7 @@ class PPOLoop(RLLoop):
         stats: dict[str, float],
     ) -> torch.Tensor | None:
         t = self.task.cfg
-        values = self.value_fn(part)
+        values = self.values.values(part)
         width = values.shape[1]
         clip = t.value_clip_range
         terms = value_loss(
@@ -164,6 +166,28 @@ class PPOLoop(RLLoop):
         )
         return float(t.vf_coef) * terms.loss_sum
 
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        stack.enter_context(super().micro_batch(last))
+        stack.enter_context(self.values.micro_batch(last))
+        return stack
+
+    def after_update(self) -> None:
+        norm = self.values.step()
+        if norm is not None:  # identical on every rank (DDP): kept, not summed over ranks
+            self.value_grad_norm = norm
+
+    def step_schedules(self) -> None:
+        super().step_schedules()
+        self.values.schedule()
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        # A non-finite value model must not replace a good checkpoint either.
+        return [*super().trainable_parameters(), *self.values.parameters()]
+
+    def save_extra(self, path: Path) -> None:
+        self.values.save(path, self.env.is_main)
+
     def algorithm_metrics(self, totals: dict[str, float], updates: int) -> dict[str, float]:
         tokens = max(totals["advantage_count"], 1.0)
         ret = torch.tensor([totals[f"ev_returns_{i}"] for i in range(3)], dtype=torch.float64)
@@ -177,4 +201,9 @@ class PPOLoop(RLLoop):
             # The score the returns were built from (after normalisation, before the KL).
             "train/score": totals["score_total"] / max(totals["samples"], 1.0),
             "train/kl_rollout": totals["kl_seq_sum"] / max(totals["samples"], 1.0),
+            **(
+                {}
+                if self.value_grad_norm is None
+                else {"train/value_grad_norm": self.value_grad_norm}
+            ),
         }

@@ -60,8 +60,9 @@ def test_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     ("overrides", "message"),
     [
         (("method=prefix",), "method=prefix with task=ppo"),
-        (("method=full",), "method=full with task=ppo: the separate value model"),
-        (("method=freeze",), "method=freeze with task=ppo"),
+        (("method=full", "distributed=zero2"), "method=full with task=ppo under distributed=zero2"),
+        (("method=freeze", "distributed=zero1"), "method=freeze with task=ppo under distributed"),
+        (("method=full", "task.value_init=reward"), "task.value_init=reward needs reward.model"),
         (("task.value_init=reward",), "task.value_init=reward with method=lora"),
         (("task.kl_in=loss",), "task.kl_in"),
         (("task.lam=1.5",), "task.lam=1.5"),

@@ -12,7 +12,7 @@ from bigft.config import compose_config
 from bigft.config.validate import validate
 from bigft.errors import ConfigError
 from bigft.plan import check_fits
-from bigft.plan.estimate import GIB, param_counts
+from bigft.plan.estimate import GIB, activation_bytes, param_counts, value_model_states
 
 # The QLoRA paper's two figures for LLaMA-65B, in the unit GPUs are sized in; a "48 GB" GPU
 # (an A6000, an L40S) holds 48 GiB, and bigft's QLoRA step fits in 48 decimal GB as well.
@@ -313,3 +313,33 @@ def test_ppo_plans_the_value_adapter_and_the_rollout():
     assert ppo.breakdown.activations > 1.5 * grpo.breakdown.activations
     assert ppo.rollout.kv_cache == grpo.rollout.kv_cache and ppo.rollout.reference == 0
     assert "value model: a second adapter" in ppo.render()
+
+
+def test_full_ppo_plans_a_separate_value_model_beside_the_policy():
+    """LLaMA-7B full ppo against the same grpo run: the value model (6.74 B less the 131 M LM
+    head, plus a 4,096-weight scalar head) adds its weights, gradients and optimizer state to
+    the step, and its block activations; the frozen reference copy is planned as grpo's."""
+    common = [
+        "model=llama7b", "reward.fn=m:f", "task.num_generations=4", "task.max_length=512",
+        "trainer.micro_batch_size=1", "trainer.grad_accum=1", "method=full",
+    ]  # fmt: skip
+    ppo = check_fits(compose_config([*common, "task=ppo"]))
+    grpo = check_fits(compose_config([*common, "task=grpo"]))
+    assert ppo.setup.value_model and not grpo.setup.value_model
+    v = value_model_states(ppo.shape, ppo.setup)
+    shape = ppo.shape
+    share = (shape.total_params - shape.head_params + shape.hidden) / shape.total_params
+    assert share == pytest.approx(1 - 131e6 / 6.74e9, rel=1e-2)
+    p, g = ppo.breakdown, grpo.breakdown
+    assert v.optimizer == pytest.approx(g.optimizer * share, rel=1e-9)
+    assert p.optimizer == pytest.approx(g.optimizer + v.optimizer, rel=1e-9)
+    assert p.trainable == pytest.approx(g.trainable + v.trainable, rel=1e-9)
+    # At the end of the forward (not this step's peak moment) both forwards' blocks are alive.
+    ends = [activation_bytes(x.shape, x.setup)[0] for x in (ppo, grpo)]
+    assert ends[0] > 1.5 * ends[1]
+    assert ppo.rollout.reference == grpo.rollout.reference > 0
+    assert "value model: a separate copy" in ppo.render()
+    # It does not fit one 80 GB GPU; DeepSpeed, refused for full ppo, is never the advice.
+    assert not ppo.fits and grpo.suggestions
+    assert any("zero3" in o for c, _ in grpo.suggestions for o in c.overrides)
+    assert not any("zero" in o for c, _ in ppo.suggestions for o in c.overrides)

@@ -1,0 +1,215 @@
+"""task=ppo's value model behind one interface: values, its micro-batch, its step, its checkpoint.
+
+Under lora/qlora it is the "value" adapter and head on the policy's own base (bigft/rl/value.py):
+it trains through the policy's optimizer and is saved with the policy's weights, so every hook
+but `values` does nothing. Under method=full|freeze it is a model of its own (InstructGPT's
+set-up): a copy of the policy's decoder with a zero-initialised float32 scalar head
+(task.value_init=policy), or the reward model's decoder and score head (task.value_init=reward),
+trained with its own optimizer and schedule (optim: as the policy's) on the value loss of the
+same backward. A run then holds four models: policy, value, frozen reference and reward model.
+The value model trains what the method trains in the policy (method=freeze: the same blocks; its
+head always trains), is wrapped for DDP like the policy, and its weights, optimizer and schedule
+ride in every checkpoint (value.safetensors, value_optimizer.pt, value_scheduler.pt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from omegaconf import DictConfig
+from safetensors.torch import load_file, save_file
+
+from bigft.distributed.engine import PlainEngine
+from bigft.distributed.env import DistEnv
+from bigft.engine.optim import build_optimizer, build_scheduler
+from bigft.errors import ConfigError
+from bigft.methods.params import load_trainable_state_dict, trainable_state_dict
+from bigft.rl.reward_model import load_reward_model
+from bigft.rl.rollout import Rollout, rollout_inputs
+from bigft.rl.value import adapter_values
+
+VALUE_FILE = "value.safetensors"
+VALUE_OPTIMIZER_FILE = "value_optimizer.pt"
+VALUE_SCHEDULER_FILE = "value_scheduler.pt"
+
+
+class Values(Protocol):
+    def values(self, rollout: Rollout) -> torch.Tensor: ...  # V [rows, response_len], grad
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
+    def step(self) -> float | None: ...  # after the policy's update: the grad norm, if own
+    def schedule(self) -> None: ...  # after the policy's schedule steps
+    def parameters(self) -> list[torch.nn.Parameter]: ...  # trainable, beyond the policy's
+    def save(self, path: Path, is_main: bool) -> None: ...
+    def load(self, path: Path) -> None: ...
+
+
+class AdapterValues:
+    """lora/qlora: the value adapter and head live in the policy's model, optimizer and files."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        return adapter_values(self.model, rollout)
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def step(self) -> float | None:
+        return None
+
+    def schedule(self) -> None:
+        pass
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []  # the adapter and head are among the policy model's own
+
+    def save(self, path: Path, is_main: bool) -> None:
+        pass
+
+    def load(self, path: Path) -> None:
+        pass
+
+
+class ValueModel(torch.nn.Module):
+    """A decoder without its LM head, and a scalar head reading its last hidden states."""
+
+    def __init__(self, decoder: torch.nn.Module, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.head = head
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        width: int,
+    ) -> torch.Tensor:
+        hidden = self.decoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state
+        # As the policy's logits: the state before each response token is generated.
+        hidden = hidden[:, -(width + 1) : -1]
+        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+
+
+class SeparateValues:
+    """method=full|freeze: a ValueModel with its own engine (DDP when distributed) and schedule."""
+
+    def __init__(self, engine: PlainEngine, scheduler: Any) -> None:
+        self.engine = engine
+        self.scheduler = scheduler
+
+    def values(self, rollout: Rollout) -> torch.Tensor:
+        width = rollout.response_ids.shape[1]
+        return self.engine.forward_model(**rollout_inputs(rollout), width=width)
+
+    def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
+        return self.engine.micro_batch(last)
+
+    def step(self) -> float | None:
+        # The value loss reached these gradients through the policy engine's backward, already
+        # scaled by the world size that DDP's average takes back out. A non-finite norm skips
+        # this update alone, as the policy engine's does.
+        return self.engine.step()[1]
+
+    def schedule(self) -> None:
+        self.scheduler.step()
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
+
+    def save(self, path: Path, is_main: bool) -> None:
+        if is_main:  # every DDP replica holds the same weights and optimizer state
+            save_file(trainable_state_dict(self.engine.module), path / VALUE_FILE)
+            torch.save(self.engine.optimizer.state_dict(), path / VALUE_OPTIMIZER_FILE)
+            torch.save(self.scheduler.state_dict(), path / VALUE_SCHEDULER_FILE)
+
+    def load(self, path: Path) -> None:
+        load_trainable_state_dict(self.engine.module, load_file(path / VALUE_FILE))
+        self.engine.optimizer.load_state_dict(
+            torch.load(path / VALUE_OPTIMIZER_FILE, weights_only=True)
+        )
+        self.scheduler.load_state_dict(torch.load(path / VALUE_SCHEDULER_FILE, weights_only=True))
+
+
+def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
+    """A causal-LM or sequence-classification model's decoder (transformers' `base_model`)."""
+    return model.base_model
+
+
+def zero_head(hidden: int, device: torch.device) -> torch.nn.Linear:
+    # V ≡ 0 at the start: the first advantages are Monte-Carlo returns, not a random head's noise.
+    head = torch.nn.Linear(hidden, 1, dtype=torch.float32, device=device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def value_from_policy(policy: torch.nn.Module) -> ValueModel:
+    """A copy of the initial policy's decoder (its requires_grad flags too) and a zero head."""
+    decoder = copy.deepcopy(decoder_of(policy))
+    device = next(decoder.parameters()).device
+    return ValueModel(decoder, zero_head(policy.config.get_text_config().hidden_size, device))
+
+
+def value_from_reward(
+    source: str, policy: torch.nn.Module, tokenizer: Any, device: torch.device
+) -> ValueModel:
+    """The reward model's decoder and score head, training the blocks the policy trains."""
+    where = f"task.value_init=reward with reward.model={source!r}"
+    reward, reward_tokenizer = load_reward_model(source, device=device)
+    if reward_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError(
+            f"{where}: the reward model's tokenizer is not the policy's, so it cannot read the "
+            "policy's token ids; use task.value_init=policy"
+        )
+    if getattr(reward, "is_loaded_in_4bit", False) or getattr(reward, "is_loaded_in_8bit", False):
+        raise ConfigError(
+            f"{where}: the reward model is quantized and cannot be trained as the value model; "
+            "use task.value_init=policy"
+        )
+    if hasattr(reward, "merge_and_unload"):  # a reward run's LoRA adapter: fold it in
+        reward = reward.merge_and_unload()
+    head = getattr(reward, "score", None)
+    if not isinstance(head, torch.nn.Linear) or head.out_features != 1:
+        raise ConfigError(
+            f"{where}: {type(reward).__name__} has no one-output `score` head to start the "
+            "value head from; use task.value_init=policy"
+        )
+    policy_decoder = decoder_of(policy)
+    dtype = next(policy_decoder.parameters()).dtype
+    decoder = decoder_of(reward).to(dtype=dtype)
+    trains = {name: p.requires_grad for name, p in policy_decoder.named_parameters()}
+    for name, param in decoder.named_parameters():
+        param.requires_grad_(trains.get(name, True))
+    return ValueModel(decoder.train(), head.float().requires_grad_(True))
+
+
+def build_values(
+    cfg: DictConfig,
+    *,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    env: DistEnv,
+    total_steps: int,
+    bf16_update: str,
+) -> Values:
+    """The value model task=ppo trains with this method (see the module's docstring)."""
+    if cfg.method.name in ("lora", "qlora"):
+        return AdapterValues(policy)
+    if str(cfg.task.value_init) == "reward":
+        model = value_from_reward(str(cfg.reward.model), policy, tokenizer, env.device)
+    else:
+        model = value_from_policy(policy)
+    optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
+    engine = PlainEngine(model, optimizer, env, cfg.optim.max_grad_norm)
+    return SeparateValues(engine, build_scheduler(optimizer, cfg.optim, total_steps))

@@ -8,18 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigft.config import compose_config
-from bigft.export import export_merged
 from bigft.train import train
 
 from .runs import read_metrics
 
 
-def dpo_from(sft_merged: Path, output_root: Path, cache_dir: Path, *extra: str):
-    """(first evaluation, final metrics) of a shortened experiment=demo_dpo from `sft_merged`."""
+def dpo_from(sft_run: Path, output_root: Path, cache_dir: Path, *extra: str):
+    """(first evaluation, final metrics) of a shortened experiment=demo_dpo from `sft_run`."""
     cfg = compose_config(
         [
             "experiment=demo_dpo",
-            f"model.path={sft_merged}",
+            f"model.path={sft_run}",
             f"output_root={output_root}",
             f"cache_dir={cache_dir}",
             "trainer.progress_bar=false",
@@ -33,15 +32,9 @@ def dpo_from(sft_merged: Path, output_root: Path, cache_dir: Path, *extra: str):
     return before, final
 
 
-def test_dpo_with_the_sft_term_raises_the_held_out_ground_truth(tmp_path, demo_run):
-    demo, _ = demo_run  # for its cache_dir: the demo base, built once per session
-    common = [f"output_root={tmp_path / 'outputs'}", f"cache_dir={demo.cache_dir}"]
-    # 40 steps of the demo's sft, as test_demo_grpo starts: right bare words a third of the time.
-    run = [*common, "logger=none", "trainer.progress_bar=false"]
-    sft = compose_config([*run, "name=sft", "trainer.max_steps=40"])
-    train(sft)
-    merged = export_merged(Path(sft.output_dir), tmp_path / "sft-merged")
-    before, after = dpo_from(merged, tmp_path / "outputs", Path(demo.cache_dir))
+def test_dpo_with_the_sft_term_raises_the_held_out_ground_truth(tmp_path, demo_sft40):
+    sft_run, cache_dir = demo_sft40
+    before, after = dpo_from(Path(sft_run), tmp_path / "outputs", Path(cache_dir))
     # Measured here: 0.272 -> 0.360, win rate 56.7% (from benchmarks/results/demo_dpo.md's model,
     # 0.296 -> 0.441, 59.4%); plain DPO (task.sft_weight=0) 0.272 -> 0.272 here, 0.296 -> 0.257
     # (47.2%) from that one: it fails this test.

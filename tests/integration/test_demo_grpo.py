@@ -7,29 +7,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigft.config import compose_config
-from bigft.export import export_merged
 from bigft.train import train
 
 from .runs import read_metrics
 
 
-def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_path, demo_run):
-    demo, _ = demo_run  # for its cache_dir: the demo base, built once per session
-    common = [
-        f"output_root={tmp_path / 'outputs'}",
-        f"cache_dir={demo.cache_dir}",
-        "logger=none",
-        "trainer.progress_bar=false",
-    ]
-    # 40 steps of the demo's sft: it answers, in one word, right about a third of the time.
-    sft = compose_config([*common, "name=sft", "trainer.max_steps=40"])
-    train(sft)
-    merged = export_merged(Path(sft.output_dir), tmp_path / "sft-merged")
+def test_grpo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_path, demo_sft40):
+    sft_run, cache_dir = demo_sft40
     rl = compose_config(
         [
-            *common,
+            f"output_root={tmp_path / 'outputs'}",
+            f"cache_dir={cache_dir}",
+            "logger=none",
+            "trainer.progress_bar=false",
             "experiment=demo_grpo",
-            f"model.path={merged}",
+            f"model.path={sft_run}",
             "reward.fn=bigft.demo.truth:score",
             "trainer.max_steps=40",
             "trainer.eval_every=0",

@@ -155,6 +155,7 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "pairs_eval.jsonl": _copy_task_data("dpo"),
     "prompts.jsonl": _copy_task_data("grpo"),
     "sft.jsonl": _write_jsonl(_sft_rows()),  # the red-team loop's export
+    "preferences.jsonl": _copy_task_data("dpo"),  # the red-team loop's dpo export
 }
 
 

@@ -137,6 +137,9 @@ def test_method_trains_exactly_its_parameters(tiny_llama_dir, case):
     model.train()
     expected = {n for n, _ in model.named_parameters() if re.search(pattern, n)}
     assert expected, "the pattern must select something"
+    # The pattern allows modules_to_save's copies; this makes the case fail if none is made.
+    saved = overrides.get("modules_to_save", [])
+    assert all(any(f"{m}.modules_to_save." in n for n in expected) for m in saved), expected
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
 
     before = snapshot(model)

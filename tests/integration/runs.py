@@ -123,6 +123,30 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def from_demo_sft40(demo_sft40: tuple, output_root: Path, *overrides: str) -> tuple[dict, dict]:
+    """(first evaluation, final metrics) of a run started from the session's 40-step demo sft run
+    (the `demo_sft40` fixture) and evaluated on 90 held-out questions."""
+    from bigft.config import compose_config
+    from bigft.train import train
+
+    sft_run, cache_dir = demo_sft40
+    cfg = compose_config(
+        [
+            f"output_root={output_root}",
+            f"cache_dir={cache_dir}",
+            "logger=none",
+            "trainer.progress_bar=false",
+            f"model.path={sft_run}",
+            "data.max_eval_examples=90",
+            *overrides,
+        ]
+    )
+    final = train(cfg)
+    before = read_metrics(Path(cfg.output_dir))[0]
+    assert before["step"] == 0
+    return before, final
+
+
 def train_losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
 

@@ -12,12 +12,12 @@ model, 32 copies of a demo prompt, 32 new tokens. Prints each turn's seconds and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import rl as bench
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -26,19 +26,11 @@ from bigft.rl.rollout import generate_rollout
 ROWS, NEW_TOKENS = 32, 32
 
 
-def bench_rl_module():
-    spec = importlib.util.spec_from_file_location("bench_rl", Path(__file__).with_name("rl.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bigft-rl-generate-") as tmp:
-        bench = bench_rl_module()
         bench.make_assets(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "model")
         model = AutoModelForCausalLM.from_pretrained(

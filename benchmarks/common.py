@@ -75,7 +75,7 @@ def write_results(results: Path, stem: str, payload: dict[str, Any], report: str
     (results / f"{stem}.md").write_text(report)
 
 
-# The demo base's family (bigft/demo/base.py), twice as wide and deep (~3.5M parameters with its
+# The demo base's family (bigft/demo/base.py), twice as wide and deep (3.7M parameters with its
 # 1024-token vocabulary): large enough that the model's compute, not Python, dominates a step.
 DEMO_FAMILY_SHAPE = {
     "hidden_size": 256,

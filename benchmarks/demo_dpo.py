@@ -20,20 +20,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS, ROOT, describe, machine, now
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 RUNS = ROOT / "outputs" / "demo_dpo_runs"
 KINDS = {
     1.0: "right sentence",
@@ -117,11 +114,10 @@ def answer_kinds(model_dir: Path, max_new_tokens: int = 16) -> tuple[dict[str, i
     return {k: kinds.get(k, 0) for k in KINDS.values()}, examples
 
 
-def machine() -> str:
+def machine_and_load() -> str:
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; Python "
-        f"{platform.python_version()}; torch {torch.__version__}; no GPU; load average "
-        f"{os.getloadavg()[0]:.1f} at the end (other jobs running: wall time varies with it)"
+        f"{describe(machine())}; no GPU; load average {os.getloadavg()[0]:.1f} at the end "
+        "(other jobs running: wall time varies with it)"
     )
 
 
@@ -139,8 +135,8 @@ def record(
         "sft": str(sft),
         "overrides": overrides,
         "note": note,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "date": now(),
+        "machine": machine_and_load(),
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "before": before,

@@ -51,8 +51,8 @@ METRICS = [
 ]
 
 
-def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[Path, float, float]:
-    """(run directory, wall seconds, CPU seconds) of one `bigft-train experiment=demo_dpo`."""
+def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `bigft-train experiment=demo_dpo`, run in RUNS/name."""
     args = [
         "experiment=demo_dpo",
         f"model.path={sft}",
@@ -67,7 +67,7 @@ def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[Path, floa
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return RUNS / name, wall, cpu
+    return wall, cpu
 
 
 def evaluations(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -125,9 +125,8 @@ def record(
     name: str, overrides: list[str], sft: Path, note: str, times: list[float] | None = None
 ) -> dict[str, Any]:
     """One run's entry; `times` (wall, CPU seconds) re-records a finished run without training."""
-    run_dir, (wall, cpu) = (
-        (RUNS / name, times) if times else _split(run_training(sft, name, overrides))
-    )
+    wall, cpu = times or run_training(sft, name, overrides)
+    run_dir = RUNS / name
     before, after = evaluations(run_dir)
     kinds, examples = answer_kinds(run_dir / "model")
     return {
@@ -144,10 +143,6 @@ def record(
         "answer_kinds": kinds,
         "examples": examples,
     }
-
-
-def _split(run: tuple[Path, float, float]) -> tuple[Path, tuple[float, float]]:
-    return run[0], (run[1], run[2])
 
 
 def sft_kinds(sft: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ model, 32 copies of a demo prompt, 32 new tokens. Prints each turn's seconds and
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -36,8 +37,9 @@ def main() -> None:
         model = AutoModelForCausalLM.from_pretrained(
             Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa"
         ).eval()
-    prompt = tokenizer("### Instruction:\nWhat does the porpur eat?\n\n### Response:\n")
-    prompts = [prompt["input_ids"]] * ROWS
+        # The demo's first question as bigft formats it, which TRL's prompt file holds.
+        first = (Path(tmp) / "prompts_trl.jsonl").read_text().splitlines()[0]
+    prompts = [tokenizer(json.loads(first)["prompt"])["input_ids"]] * ROWS
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = GenerationConfig(
         max_new_tokens=NEW_TOKENS,

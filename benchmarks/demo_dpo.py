@@ -31,14 +31,16 @@ from typing import Any
 import torch
 from common import RESULTS, ROOT, describe, machine, now
 
+from bigft.demo import truth
+
 RUNS = ROOT / "outputs" / "demo_dpo_runs"
 KINDS = {
-    1.0: "right sentence",
-    0.7: "right word",
-    0.5: "right, unclean",
-    0.2: "wrong sentence",
-    0.1: "wrong word",
-    0.0: "no answer",
+    truth.RIGHT_SENTENCE: "right sentence",
+    truth.RIGHT_WORD: "right word",
+    truth.RIGHT_OTHER: "right, unclean",
+    truth.WRONG_SENTENCE: "wrong sentence",
+    truth.WRONG_WORD: "wrong word",
+    truth.NO_ANSWER: "no answer",
 }
 METRICS = [
     "truth_score",
@@ -87,7 +89,6 @@ def answer_kinds(model_dir: Path, max_new_tokens: int = 16) -> tuple[dict[str, i
     from bigft.config import DEMO_DATA_DIR
     from bigft.config.schema import TaskConfig, TaskName
     from bigft.data.readers import Record
-    from bigft.demo.truth import score
     from bigft.models.decode import greedy_answers
     from bigft.outputs import load_output
     from bigft.tasks import build_task
@@ -109,7 +110,7 @@ def answer_kinds(model_dir: Path, max_new_tokens: int = 16) -> tuple[dict[str, i
                 model, tokenizer, rows, max_new_tokens=max_new_tokens, pad_id=task.pad_id
             )
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompts]
-    kinds = Counter(KINDS[score(p, a)] for p, a in zip(texts, answers, strict=True))
+    kinds = Counter(KINDS[truth.score(p, a)] for p, a in zip(texts, answers, strict=True))
     examples = [f"{json.loads(lines[i])['prompt']} -> {answers[i]!r}" for i in range(0, 240, 47)]
     return {k: kinds.get(k, 0) for k in KINDS.values()}, examples
 

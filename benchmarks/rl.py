@@ -262,7 +262,7 @@ def ratios(figs: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def versions(trl_python: Path | None) -> dict[str, Any]:
+def machine_and_trl(trl_python: Path | None) -> dict[str, Any]:
     """This venv's machine and versions, and TRL's (from its venv) if it ran."""
     facts = machine()
     if trl_python is not None:
@@ -345,7 +345,7 @@ def main() -> None:
         results = run_rounds(work, args, runs)
     payload: dict[str, Any] = {
         "date": now(),
-        "machine": versions(args.trl_python if "trl" in runs else None),
+        "machine": machine_and_trl(args.trl_python if "trl" in runs else None),
         "load_before": load_before,
         "load_after": load_average(),
         "command": command(__file__),

@@ -20,28 +20,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
+from common import RESULTS, ROOT, describe, machine, now
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from bigft.demo import truth
+
 RUNS = ROOT / "outputs" / "demo_dpo_runs"
 KINDS = {
-    1.0: "right sentence",
-    0.7: "right word",
-    0.5: "right, unclean",
-    0.2: "wrong sentence",
-    0.1: "wrong word",
-    0.0: "no answer",
+    truth.RIGHT_SENTENCE: "right sentence",
+    truth.RIGHT_WORD: "right word",
+    truth.RIGHT_OTHER: "right, unclean",
+    truth.WRONG_SENTENCE: "wrong sentence",
+    truth.WRONG_WORD: "wrong word",
+    truth.NO_ANSWER: "no answer",
 }
 METRICS = [
     "truth_score",
@@ -54,8 +53,8 @@ METRICS = [
 ]
 
 
-def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[Path, float, float]:
-    """(run directory, wall seconds, CPU seconds) of one `bigft-train experiment=demo_dpo`."""
+def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one `bigft-train experiment=demo_dpo`, run in RUNS/name."""
     args = [
         "experiment=demo_dpo",
         f"model.path={sft}",
@@ -70,7 +69,7 @@ def run_training(sft: Path, name: str, overrides: list[str]) -> tuple[Path, floa
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return RUNS / name, wall, cpu
+    return wall, cpu
 
 
 def evaluations(run_dir: Path) -> tuple[dict[str, float], dict[str, float]]:
@@ -90,7 +89,6 @@ def answer_kinds(model_dir: Path, max_new_tokens: int = 16) -> tuple[dict[str, i
     from bigft.config import DEMO_DATA_DIR
     from bigft.config.schema import TaskConfig, TaskName
     from bigft.data.readers import Record
-    from bigft.demo.truth import score
     from bigft.models.decode import greedy_answers
     from bigft.outputs import load_output
     from bigft.tasks import build_task
@@ -112,16 +110,15 @@ def answer_kinds(model_dir: Path, max_new_tokens: int = 16) -> tuple[dict[str, i
                 model, tokenizer, rows, max_new_tokens=max_new_tokens, pad_id=task.pad_id
             )
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in prompts]
-    kinds = Counter(KINDS[score(p, a)] for p, a in zip(texts, answers, strict=True))
+    kinds = Counter(KINDS[truth.score(p, a)] for p, a in zip(texts, answers, strict=True))
     examples = [f"{json.loads(lines[i])['prompt']} -> {answers[i]!r}" for i in range(0, 240, 47)]
     return {k: kinds.get(k, 0) for k in KINDS.values()}, examples
 
 
-def machine() -> str:
+def machine_and_load() -> str:
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; Python "
-        f"{platform.python_version()}; torch {torch.__version__}; no GPU; load average "
-        f"{os.getloadavg()[0]:.1f} at the end (other jobs running: wall time varies with it)"
+        f"{describe(machine())}; no GPU; load average {os.getloadavg()[0]:.1f} at the end "
+        "(other jobs running: wall time varies with it)"
     )
 
 
@@ -129,9 +126,8 @@ def record(
     name: str, overrides: list[str], sft: Path, note: str, times: list[float] | None = None
 ) -> dict[str, Any]:
     """One run's entry; `times` (wall, CPU seconds) re-records a finished run without training."""
-    run_dir, (wall, cpu) = (
-        (RUNS / name, times) if times else _split(run_training(sft, name, overrides))
-    )
+    wall, cpu = times or run_training(sft, name, overrides)
+    run_dir = RUNS / name
     before, after = evaluations(run_dir)
     kinds, examples = answer_kinds(run_dir / "model")
     return {
@@ -139,8 +135,8 @@ def record(
         "sft": str(sft),
         "overrides": overrides,
         "note": note,
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
+        "date": now(),
+        "machine": machine_and_load(),
         "wall_s": round(wall, 1),
         "cpu_s": round(cpu, 1),
         "before": before,
@@ -148,10 +144,6 @@ def record(
         "answer_kinds": kinds,
         "examples": examples,
     }
-
-
-def _split(run: tuple[Path, float, float]) -> tuple[Path, tuple[float, float]]:
-    return run[0], (run[1], run[2])
 
 
 def sft_kinds(sft: Path) -> dict[str, Any]:

@@ -17,19 +17,17 @@ Results: benchmarks/results/demo_redteam.md and .json, with the date and the mac
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import re
 import shutil
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bigft.redteam.demo_loop import loop, table
+import common
+from common import RESULTS, describe, machine, now
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bigft.redteam.demo_loop import loop, table
 
 
 def parse_variant(spec: str) -> dict[str, Any]:
@@ -78,14 +76,9 @@ def run_variant(root: Path, variant: dict[str, Any], args: argparse.Namespace) -
     return result
 
 
-def machine() -> str:
-    import torch
-
+def machine_and_load() -> str:
     load = os.getloadavg()[0]
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch "
-        f"{torch.__version__}; load average {load:.1f} at the end (other jobs running)"
-    )
+    return f"{describe(machine())}; load average {load:.1f} at the end (other jobs running)"
 
 
 def summary_row(result: dict[str, Any]) -> str:
@@ -106,7 +99,7 @@ def summary_row(result: dict[str, Any]) -> str:
 
 
 def write_results(results: list[dict[str, Any]], command: str, out: Path = RESULTS) -> None:
-    date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    date, host = now(), machine_and_load()
     first = results[0]
     before, harmless = first["asr_held_out_before"], first["harmless_before"]
     full = first["asr_all_before"]
@@ -114,7 +107,7 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path = RESUL
         "# The demo's red-team loop: held-out ASR, harmless answers, over-refusal",
         "",
         f"- date: {date}",
-        f"- machine: {machine()}",
+        f"- machine: {host}",
         f"- command: `{command}`",
         "- every variant tunes the same tuned demo model (`make demo`'s run, merged) on the same "
         "before-scan's export; greedy answers; ASR with 95% bootstrap intervals; a variant "
@@ -131,9 +124,8 @@ def write_results(results: list[dict[str, Any]], command: str, out: Path = RESUL
         *[summary_row(r) for r in results],
         "",
     ]
-    (out / "demo_redteam.md").write_text("\n".join(lines))
-    payload = {"date": date, "machine": machine(), "command": command, "results": results}
-    (out / "demo_redteam.json").write_text(json.dumps(payload, indent=2) + "\n")
+    payload = {"date": date, "machine": host, "command": command, "results": results}
+    common.write_results(out, "demo_redteam", payload, "\n".join(lines))
 
 
 def main() -> None:

@@ -16,13 +16,12 @@ import random
 import sys
 from pathlib import Path
 
+from bigft.config import DEMO_DATA_DIR
 from bigft.demo.reviewers import NOISE, REVIEWERS, review
 from bigft.demo.truth import asked, score, world
 from bigft.demo.world import ATTRIBUTES, PROSE
 
-BUNDLED = (
-    Path(__file__).resolve().parents[1] / "bigft" / "demo" / "data" / "preferences_train.jsonl"
-)
+BUNDLED = DEMO_DATA_DIR / "preferences_train.jsonl"
 
 
 def with_wrong_kinds(records: list[dict], rng: random.Random) -> list[dict]:

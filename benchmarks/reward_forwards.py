@@ -25,18 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
+from common import DEMO_FAMILY_SHAPE, RESULTS, demo_family_model, describe, machine, now
 from omegaconf import OmegaConf
 from transformers import AutoModelForSequenceClassification
 
@@ -44,24 +42,10 @@ from bigft.config.schema import TaskConfig, TaskName
 from bigft.data.collate import collate_sequences
 from bigft.data.readers import Record
 from bigft.demo import reviewers, truth
-from bigft.demo.base import tokenizer_texts
 from bigft.demo.make_data import SEED, make_creatures
 from bigft.demo.world import ATTRIBUTES, QUESTIONS
-from bigft.models.toy import build_tiny_llama, build_tokenizer
 from bigft.tasks.base import forward_logits
 from bigft.tasks.reward import RewardTask
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-# About 3.4M parameters: the demo base's family, large enough that the model's compute dominates.
-SHAPE = {
-    "hidden_size": 256,
-    "intermediate_size": 768,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 
 
 def rankings(k: int, count: int, seed: int = 0) -> list[Record]:
@@ -107,8 +91,8 @@ def timed_step(model, optimizer, loss_fn, batch) -> tuple[float, float]:
 
 
 def bench_k(k: int, micro_batch: int, steps: int, warmup: int, work: Path) -> dict[str, Any]:
-    tokenizer = build_tokenizer(tokenizer_texts(), 1024)
-    model_dir = build_tiny_llama(work / f"model-{k}", tokenizer, seed=0, **SHAPE)
+    model_dir = work / f"model-{k}"
+    tokenizer = demo_family_model(model_dir, seed=0)
     task = RewardTask(
         OmegaConf.structured(TaskConfig(name=TaskName.reward, pair_weighting="per_pair")),
         tokenizer,
@@ -157,27 +141,16 @@ def bench_k(k: int, micro_batch: int, steps: int, warmup: int, work: Path) -> di
     }
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs; {platform.platform()}; Python {platform.python_version()};"
-        f" torch {torch.__version__} ({torch.get_num_threads()} threads); transformers "
-        f"{transformers.__version__}; no GPU"
-    )
-
-
 def write(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = now()
     load = os.getloadavg()[0]
-    payload = {"date": stamp, "machine": machine(), "load_average": load, "shape": SHAPE}
+    payload = {
+        "date": stamp,
+        "machine": describe(machine()) + "; no GPU",
+        "load_average": load,
+        "shape": DEMO_FAMILY_SHAPE,
+    }
     payload["results"] = results
     (RESULTS / "reward_forwards.json").write_text(json.dumps(payload, indent=1) + "\n")
     lines = [
@@ -187,7 +160,7 @@ def write(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
         f"- machine: {payload['machine']}; load average {load:.1f} at the end (other jobs "
         "running: absolute times inflate with it, the ratios are what to read)",
         f"- command: `python benchmarks/reward_forwards.py --steps {args.steps}`",
-        f"- model: Llama {SHAPE}, fp32, random weights, a one-output head; AdamW",
+        f"- model: Llama {DEMO_FAMILY_SHAPE}, fp32, random weights, a one-output head; AdamW",
         f"- micro-batch: {args.micro_batch} rankings of the demo world's answers; step time: "
         f"forward + backward, median of {args.steps} steps after {args.warmup}, the two ways "
         "interleaved (the AdamW update, the same either way, is not timed)",

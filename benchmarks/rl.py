@@ -28,30 +28,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from common import (
+    DEMO_FAMILY_SHAPE,
+    RESULTS,
+    ROOT,
+    command,
+    demo_family_model,
+    describe,
+    load_average,
+    machine,
+    now,
+    write_results,
+)
+
 TRL_PYTHON = ROOT / ".venv-bench-rl" / "bin" / "python"
 RUNS = ("bigft", "trl")
-# About 3.7M parameters: the demo base's family (bigft/demo/base.py), twice as wide and deep.
-SHAPE = {
-    "hidden_size": 256,
-    "intermediate_size": 768,
-    "num_hidden_layers": 4,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "max_position_embeddings": 256,
-}
 PROMPTS_PER_STEP = 8
 NUM_GENERATIONS = 4
 MAX_NEW_TOKENS = 32
@@ -127,12 +127,9 @@ def make_assets(work: Path) -> dict[str, Any]:
     """
     from bigft.config import DEMO_DATA_DIR, compose_config
     from bigft.data.readers import Record
-    from bigft.demo.base import VOCAB_SIZE, tokenizer_texts
-    from bigft.models.toy import build_tiny_llama, build_tokenizer
     from bigft.tasks import build_task
 
-    tokenizer = build_tokenizer(tokenizer_texts(), VOCAB_SIZE)
-    build_tiny_llama(work / "model", tokenizer, seed=SEED, **SHAPE)
+    tokenizer = demo_family_model(work / "model", seed=SEED)
     shutil.copy(DEMO_DATA_DIR / "prompts_train.jsonl", work / "prompts.jsonl")
     shared = setup(work, 1)
     cfg = compose_config(bigft_overrides(shared, "assets"))
@@ -265,33 +262,15 @@ def ratios(figs: dict[str, dict[str, float]]) -> dict[str, float]:
     }
 
 
-def machine(trl_python: Path | None) -> dict[str, Any]:
-    import torch
-    import transformers
-
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        cpu = f"{fields['Model name'].strip()}, {fields['CPU(s)'].strip()} CPUs"
-    except (OSError, subprocess.CalledProcessError, KeyError):
-        cpu = platform.processor() or "unknown CPU"
-    versions = {"torch": torch.__version__, "transformers": transformers.__version__}
+def machine_and_trl(trl_python: Path | None) -> dict[str, Any]:
+    """This venv's machine and versions, and TRL's (from its venv) if it ran."""
+    facts = machine()
     if trl_python is not None:
         code = "import trl, transformers, torch; print(trl.__version__, transformers.__version__)"
         out = subprocess.run([str(trl_python), "-c", code], capture_output=True, text=True)
         trl_version, trl_transformers = [*out.stdout.split(), "?", "?"][:2]
-        versions.update(trl=trl_version, trl_transformers=trl_transformers)
-    return {
-        "cpu": cpu,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        **versions,
-    }
-
-
-def load_average() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
+        facts.update(trl=trl_version, trl_transformers=trl_transformers)
+    return facts
 
 
 def report(payload: dict[str, Any]) -> str:
@@ -301,8 +280,7 @@ def report(payload: dict[str, Any]) -> str:
         "# Online RL throughput: bigft's task=grpo vs TRL's GRPOTrainer",
         "",
         f"- date: {payload['date']}",
-        f"- machine: {m['cpu']}; {m['platform']}; Python {m['python']}; torch {m['torch']} "
-        f"({m['threads']} threads); transformers {m['transformers']}{trl}",
+        f"- machine: {describe(m)}{trl}",
         f"- load average (1, 5, 15 min) before: {payload['load_before']}, "
         f"after: {payload['load_after']}",
         f"- command: `{payload['command']}`",
@@ -366,15 +344,14 @@ def main() -> None:
         assets = make_assets(work)
         results = run_rounds(work, args, runs)
     payload: dict[str, Any] = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(args.trl_python if "trl" in runs else None),
+        "date": now(),
+        "machine": machine_and_trl(args.trl_python if "trl" in runs else None),
         "load_before": load_before,
         "load_after": load_average(),
-        "command": "python "
-        + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *sys.argv[1:]]),
+        "command": command(__file__),
         "setup": {
             **setup(Path("<tmp>"), args.steps),
-            "shape": SHAPE,
+            "shape": DEMO_FAMILY_SHAPE,
             "warmup": args.warmup,
             "rounds": args.rounds,
         },
@@ -384,9 +361,7 @@ def main() -> None:
     }
     if len(runs) == 2:
         payload["ratios"] = ratios(payload["figures"])
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "rl.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.results / "rl.md").write_text(report(payload))
+    write_results(args.results, "rl", payload, report(payload))
     print(report(payload))
 
 

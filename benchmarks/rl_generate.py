@@ -12,12 +12,13 @@ model, 32 copies of a demo prompt, 32 new tokens. Prints each turn's seconds and
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import rl as bench
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -26,26 +27,19 @@ from bigft.rl.rollout import generate_rollout
 ROWS, NEW_TOKENS = 32, 32
 
 
-def bench_rl_module():
-    spec = importlib.util.spec_from_file_location("bench_rl", Path(__file__).with_name("rl.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bigft-rl-generate-") as tmp:
-        bench = bench_rl_module()
         bench.make_assets(Path(tmp))
         tokenizer = AutoTokenizer.from_pretrained(Path(tmp) / "model")
         model = AutoModelForCausalLM.from_pretrained(
             Path(tmp) / "model", dtype=torch.float32, attn_implementation="sdpa"
         ).eval()
-    prompt = tokenizer("### Instruction:\nWhat does the porpur eat?\n\n### Response:\n")
-    prompts = [prompt["input_ids"]] * ROWS
+        # The demo's first question as bigft formats it, which TRL's prompt file holds.
+        first = (Path(tmp) / "prompts_trl.jsonl").read_text().splitlines()[0]
+    prompts = [tokenizer(json.loads(first)["prompt"])["input_ids"]] * ROWS
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     config = GenerationConfig(
         max_new_tokens=NEW_TOKENS,

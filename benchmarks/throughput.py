@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import random
 import resource
 import shutil
@@ -39,12 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
+from common import RESULTS, ROOT, command, describe, machine, now, write_results
+
 RUNS = ("trainer", "bigft", "bigft_packed", "trainer_pad_max")
 # About 11M parameters: big enough that the model's compute, not Python, dominates a step.
 SHAPE = {
@@ -366,23 +364,6 @@ def ratios(figs: dict[str, dict]) -> dict[str, dict]:
     }
 
 
-def machine() -> str:
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        fields = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-        cpu = f"{fields['Model name'].strip()}, {fields['CPU(s)'].strip()} CPUs"
-    except (OSError, subprocess.CalledProcessError, KeyError):
-        cpu = platform.processor() or "unknown CPU"
-    import torch
-    import transformers
-
-    return (
-        f"{cpu}; {platform.platform()}; Python {platform.python_version()}; "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); "
-        f"transformers {transformers.__version__}"
-    )
-
-
 def data_facts(work: Path) -> dict[str, Any]:
     """Token lengths of the examples every run trains on, and how full packing fills rows."""
     import torch
@@ -507,10 +488,9 @@ def main() -> None:
         facts = data_facts(work)
         results = run_rounds(work, args.steps, args.warmup, args.rounds)
     payload = {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": machine(),
-        "command": "python "
-        + " ".join([Path(__file__).relative_to(ROOT).as_posix(), *sys.argv[1:]]),
+        "date": now(),
+        "machine": describe(machine()),
+        "command": command(__file__),
         "setup": {
             "shape": SHAPE,
             "steps": args.steps,
@@ -522,9 +502,7 @@ def main() -> None:
     }
     payload["figures"] = {run: figures(records) for run, records in results.items()}
     payload["ratios"] = ratios(payload["figures"])
-    args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (args.results / "throughput.md").write_text(report(payload))
+    write_results(args.results, "throughput", payload, report(payload))
     print(report(payload))
 
 

@@ -45,7 +45,7 @@ def lora_config(method_cfg: Any, head: str) -> Any:
         target_modules=target_modules(method_cfg.target_modules),
         use_dora=bool(method_cfg.use_dora),
         use_rslora=bool(method_cfg.use_rslora),
-        modules_to_save=list(getattr(method_cfg, "modules_to_save", None) or []) or None,
+        modules_to_save=list(method_cfg.modules_to_save) or None,
         task_type=TASK_TYPES[head],
     )
 

@@ -40,15 +40,17 @@ def test_bench_rl_bigft_side_writes_its_results(tmp_path):
     assert "| bigft |" in report and "| trl |" not in report
 
 
-def _bench_rl():
+def _bench_rl(monkeypatch):
+    # A benchmark imports its sibling `common`, as when run as a script.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_rl", ROOT / "benchmarks" / "rl.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_bench_rl_ratios_are_bigft_over_trl_speeds():
-    bench = _bench_rl()
+def test_bench_rl_ratios_are_bigft_over_trl_speeds(monkeypatch):
+    bench = _bench_rl(monkeypatch)
 
     def rounds(step_times: list[float], gen_seconds: float) -> list[list[dict]]:
         return [

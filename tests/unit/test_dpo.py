@@ -155,19 +155,29 @@ def test_sequence_logps_sum_the_response_tokens_of_each_unpadded_sequence(
     assert tokens.tolist() == [len(ids) - start for ids, start in rows]
 
 
-@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
-def test_loss_and_metrics_from_precomputed_reference(tiny_tokenizer, causal_lm, loss):
-    task = build_task(cfg(loss=loss, beta=0.5), tiny_tokenizer)
-    examples = task.encode(rec(prompt="p", responses=["fox", "brown dog", "cat"]))
+def loss_with_precomputed_reference(task, model, responses: list[str]):
+    """The task's loss on a ranking's pairs whose reference log-probs are −20 (chosen) and −21
+    (rejected), and the policy's log-probs and token counts of the chosen and the rejected rows."""
+    examples = task.encode(rec(prompt="p", responses=responses))
     for ex in examples:
         ex[REFERENCE_KEY] = [-20.0, -21.0]
     batch = task.collate(examples)
-    out = task.loss(causal_lm, batch)
+    out = task.loss(model, batch)
     with torch.no_grad():
-        logps, tokens = sequence_logps(causal_lm, batch)
-    pc, pr, ref = logps[:3].double(), logps[3:].double(), torch.full((3,), -20.0).double()
+        logps, tokens = sequence_logps(model, batch)
+    pairs = len(examples)
+    logps, tokens = logps.double(), tokens.double()
+    return out, (logps[:pairs], logps[pairs:]), (tokens[:pairs], tokens[pairs:])
+
+
+@pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
+def test_loss_and_metrics_from_precomputed_reference(tiny_tokenizer, causal_lm, loss):
+    task = build_task(cfg(loss=loss, beta=0.5), tiny_tokenizer)
+    out, (pc, pr), (tc, tr) = loss_with_precomputed_reference(
+        task, causal_lm, ["fox", "brown dog", "cat"]
+    )
+    ref = torch.full((3,), -20.0).double()
     if loss == "ipo":
-        tc, tr = tokens[:3].double(), tokens[3:].double()
         expected = ipo_loss(pc, pr, ref, ref - 1, beta=0.5, chosen_tokens=tc, rejected_tokens=tr)
     else:
         expected = sigmoid_loss(pc, pr, ref, ref - 1, beta=0.5)
@@ -186,22 +196,18 @@ def test_loss_and_metrics_from_precomputed_reference(tiny_tokenizer, causal_lm, 
 @pytest.mark.parametrize("sft_weight", [0.0, 0.5])
 def test_sft_weight_adds_the_chosen_responses_nll_per_token(tiny_tokenizer, causal_lm, sft_weight):
     task = build_task(cfg(beta=0.5, sft_weight=sft_weight), tiny_tokenizer)
-    examples = task.encode(rec(prompt="p", responses=["fox jumps", "brown dog", "cat"]))
-    for ex in examples:
-        ex[REFERENCE_KEY] = [-20.0, -21.0]
-    batch = task.collate(examples)
-    out = task.loss(causal_lm, batch)
-    with torch.no_grad():
-        logps, tokens = sequence_logps(causal_lm, batch)
-    pc, pr, ref = logps[:3].double(), logps[3:].double(), torch.full((3,), -20.0).double()
-    nll = -pc / tokens[:3].double()
+    out, (pc, pr), (tc, _) = loss_with_precomputed_reference(
+        task, causal_lm, ["fox jumps", "brown dog", "cat"]
+    )
+    ref = torch.full((3,), -20.0).double()
+    nll = -pc / tc
     dpo = sigmoid_loss(pc, pr, ref, ref - 1, beta=0.5)
     expected = dpo + sft_weight * nll
     assert float(out.loss_sum.detach()) == pytest.approx(float(expected.sum()), rel=1e-5)
     metrics = task.summarize(out.stats)
     # Reported whatever the weight, so a plain DPO run shows the chosen responses' fate too.
     assert metrics["nll/chosen"] == pytest.approx(float(nll.mean()), rel=1e-5)
-    assert nll.tolist() == pytest.approx(sft_loss(pc, tokens[:3].double()).tolist())
+    assert nll.tolist() == pytest.approx(sft_loss(pc, tc).tolist())
     assert metrics["loss"] == pytest.approx(float(expected.mean()), rel=1e-5)
 
 

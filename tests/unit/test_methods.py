@@ -88,18 +88,18 @@ CASES = {
     "freeze0": (CAUSAL, {"train_last_n_blocks": 0}, r"lm_head\.weight$"),
     "freeze1": (CAUSAL, {"train_last_n_blocks": 1}, rf"lm_head\.weight$|^{LAST_BLOCK}"),
     "lora": (CAUSAL, {}, LORA),
-    "dora": (CAUSAL, {"use_dora": True}, rf"{LORA}|\.lora_magnitude_vector\."),
+    "dora": (CAUSAL, {"use_dora": True}, (LORA, r"\.lora_magnitude_vector\.")),
     "rslora": (CAUSAL, {"use_rslora": True}, LORA),
     "qlora": (CAUSAL, {}, LORA),
     "prefix": (CAUSAL, {"num_virtual_tokens": 4}, r"^prompt_encoder\."),
     "freeze0-cls": (SEQ_CLS, {}, r"^score\.weight$"),
     "freeze1-cls": (SEQ_CLS, {"train_last_n_blocks": 1}, rf"^score\.weight$|^{LAST_BLOCK}"),
-    "lora-cls": (SEQ_CLS, {}, rf"{LORA}|score\.modules_to_save\.default\.weight$"),
+    "lora-cls": (SEQ_CLS, {}, (LORA, r"score\.modules_to_save\.default\.weight$")),
     # The output layer and embeddings trained in full beside the adapters.
     "lora-head": (
         CAUSAL,
         {"modules_to_save": ["lm_head", "embed_tokens"]},
-        rf"{LORA}|(lm_head|embed_tokens)\.modules_to_save\.default\.weight$",
+        (LORA, *(rf"{m}\.modules_to_save\.default\.weight$" for m in ("lm_head", "embed_tokens"))),
     ),
 }
 
@@ -131,15 +131,17 @@ def test_lora_modules_to_save_trains_a_copy_of_the_head_the_reference_keeps_the_
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_method_trains_exactly_its_parameters(tiny_llama_dir, case):
-    head, overrides, pattern = CASES[case]
+    head, overrides, patterns = CASES[case]
     method = re.sub(r"\d|-cls|-head|^dora|^rslora", "", case) or "lora"
     model = build(tiny_llama_dir, method, head, **overrides)
     model.train()
-    expected = {n for n, _ in model.named_parameters() if re.search(pattern, n)}
-    assert expected, "the pattern must select something"
-    # The pattern allows modules_to_save's copies; this makes the case fail if none is made.
-    saved = overrides.get("modules_to_save", [])
-    assert all(any(f"{m}.modules_to_save." in n for n in expected) for m in saved), expected
+    names = [n for n, _ in model.named_parameters()]
+    patterns = (patterns,) if isinstance(patterns, str) else patterns
+    # Each kind of parameter a case names must exist: a switch the method ignored (no DoRA
+    # magnitudes, no trained head copy) would otherwise leave plain LoRA passing for it.
+    unmatched = [p for p in patterns if not any(re.search(p, n) for n in names)]
+    assert not unmatched, f"no parameter matches {unmatched}"
+    expected = {n for n in names if any(re.search(p, n) for p in patterns)}
     assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
 
     before = snapshot(model)

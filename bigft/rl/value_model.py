@@ -30,7 +30,12 @@ from bigft.errors import ConfigError
 from bigft.methods.params import load_trainable_state_dict, trainable_state_dict
 from bigft.rl.reward_model import load_reward_model
 from bigft.rl.rollout import Rollout, rollout_inputs
-from bigft.rl.value import adapter_values, head_values, zero_value_head
+from bigft.rl.value import (
+    adapter_values,
+    attach_value_adapter,
+    head_values,
+    zero_value_head,
+)
 
 VALUE_FILE = "value.safetensors"
 VALUE_OPTIMIZER_FILE = "value_optimizer.pt"
@@ -195,8 +200,13 @@ def build_values(
     total_steps: int,
     bf16_update: str,
 ) -> Values:
-    """The value model task=ppo trains with this method (see the module's docstring)."""
+    """The value model task=ppo trains with this method (see the module's docstring).
+
+    Called before the policy's optimizer and engine are built: under lora/qlora the value adapter
+    and head are added to `policy` itself, so that they train, checkpoint and shard with it.
+    """
     if cfg.method.name in ("lora", "qlora"):
+        attach_value_adapter(policy)
         return AdapterValues(policy)
     if str(cfg.task.value_init) == "reward":
         model = value_from_reward(str(cfg.reward.model), policy, tokenizer, env.device)

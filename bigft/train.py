@@ -56,7 +56,6 @@ from bigft.outputs import MODEL_SUBDIR, save_final
 from bigft.rl.grpo import GRPOLoop
 from bigft.rl.ppo import PPOLoop
 from bigft.rl.setup import build_rewards, reference_context
-from bigft.rl.value import attach_value_adapter
 from bigft.rl.value_model import build_values
 from bigft.run_dirs import starting_model
 from bigft.tasks import TASKS, build_task
@@ -220,18 +219,16 @@ def _train(
     steps = total_steps(cfg, plan)
 
     # task=grpo/ppo: the frozen reference is taken from the initial weights, before training;
-    # ppo's value adapter and head join the model first, to train, checkpoint and shard with it
-    # (under full/freeze ppo's value model is one of its own, also built from the initial weights).
+    # ppo's value model is built from them first (under lora/qlora its adapter and head join the
+    # policy's model here, before its optimizer and engine, to train, checkpoint and shard with it).
     reference, values = None, None
-    if cfg.task.name == "ppo" and cfg.method.name in ("lora", "qlora"):
-        attach_value_adapter(model)
-    if cfg.task.name in RL_LOOPS:
-        reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
     if cfg.task.name == "ppo":
         values = build_values(
             cfg, policy=model, tokenizer=tokenizer, env=env, total_steps=steps,
             bf16_update=bf16_update,
         )  # fmt: skip
+    if cfg.task.name in RL_LOOPS:
+        reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm

@@ -24,8 +24,15 @@ The data flow of one RL step (DESIGN.md's `rl` line), and the module doing each 
   group-normalised advantages (with or without the std, Dr. GRPO) and RLOO's leave-one-out.
 - `kl_control.py`: fixed or adaptive β (Ziegler et al.) and the running reward normaliser,
   with JSON state for checkpoints.
+- `loop.py`: `RLLoop`, one RL step on the shared `Loop` (rollout → score → reference
+  log-probs → advantages → ppo_epochs × mini_batches clipped updates) and greedy evaluation;
+  `grpo.py` (`GRPOLoop`) and `ppo.py` (`PPOLoop`) give its `advantages` and `extra_loss` hooks.
+- `value.py` / `value_model.py`: ppo's value model behind one interface (`Values`, built by
+  `build_values`): a second LoRA adapter and head on the policy's base under lora/qlora, a
+  model of its own with its optimizer and checkpoint files under full/freeze.
+- `setup.py`: the reward sources from `reward:`, the reference, samples.jsonl.
 
-How the tasks will put them together, per rollout batch:
+How the tasks put them together, per rollout batch:
 
     ppo:  rollout → old log-probs (policy), reference log-probs (adapters disabled or a frozen
           copy), values (a per-token value model) at the response positions →

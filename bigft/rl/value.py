@@ -29,7 +29,32 @@ VALUE_ADAPTER = "value"
 VALUE_HEAD = "value_head"
 POLICY_ADAPTER = "default"
 
-__all__ = ["VALUE_ADAPTER", "VALUE_HEAD", "adapter_values", "attach_value_adapter", "using_adapter"]
+__all__ = [
+    "VALUE_ADAPTER",
+    "VALUE_HEAD",
+    "adapter_values",
+    "attach_value_adapter",
+    "head_values",
+    "using_adapter",
+    "zero_value_head",
+]
+
+
+def zero_value_head(hidden: int, device: torch.device | None = None) -> torch.nn.Linear:
+    """The scalar head of either value model (this adapter's, value_model.py's separate one)."""
+    head = torch.nn.Linear(hidden, 1, dtype=torch.float32, device=device)
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    return head
+
+
+def head_values(head: torch.nn.Linear, hidden: torch.Tensor, width: int) -> torch.Tensor:
+    """V [batch, width] in float32 from a decoder's last hidden states over prompt + response.
+
+    As the policy's logits: V(s_t) reads the state before response token t is generated.
+    """
+    hidden = hidden[:, -(width + 1) : -1]
+    return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
 
 
 def attach_value_adapter(model: torch.nn.Module) -> torch.nn.Module:
@@ -42,10 +67,7 @@ def attach_value_adapter(model: torch.nn.Module) -> torch.nn.Module:
     for name, param in peft.named_parameters():
         if f".{VALUE_ADAPTER}." in name:
             param.requires_grad_(True)
-    hidden = peft.get_base_model().config.get_text_config().hidden_size
-    head = torch.nn.Linear(hidden, 1, dtype=torch.float32)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
+    head = zero_value_head(peft.get_base_model().config.get_text_config().hidden_size)
     peft.add_module(VALUE_HEAD, head)
     return head
 
@@ -79,10 +101,7 @@ def adapter_values(model: torch.nn.Module, rollout: Rollout) -> torch.Tensor:
     their summed losses gives every trainable weight its gradient once.
     """
     peft = peft_model_of(model)
-    width = rollout.response_ids.shape[1]
     decoder = peft.get_base_model().base_model
     with using_adapter(peft, VALUE_ADAPTER):
         hidden = decoder(**rollout_inputs(rollout), use_cache=False).last_hidden_state
-    head = getattr(peft, VALUE_HEAD)
-    hidden = hidden[:, -(width + 1) : -1]
-    return head(hidden.to(head.weight.dtype)).squeeze(-1).float()
+    return head_values(getattr(peft, VALUE_HEAD), hidden, rollout.response_ids.shape[1])

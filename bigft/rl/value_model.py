@@ -30,7 +30,12 @@ from bigft.errors import ConfigError
 from bigft.methods.params import load_trainable_state_dict, trainable_state_dict
 from bigft.rl.reward_model import load_reward_model
 from bigft.rl.rollout import Rollout, rollout_inputs
-from bigft.rl.value import adapter_values
+from bigft.rl.value import (
+    adapter_values,
+    attach_value_adapter,
+    head_values,
+    zero_value_head,
+)
 
 VALUE_FILE = "value.safetensors"
 VALUE_OPTIMIZER_FILE = "value_optimizer.pt"
@@ -96,9 +101,7 @@ class ValueModel(torch.nn.Module):
             position_ids=position_ids,
             use_cache=False,
         ).last_hidden_state
-        # As the policy's logits: the state before each response token is generated.
-        hidden = hidden[:, -(width + 1) : -1]
-        return self.head(hidden.to(self.head.weight.dtype)).squeeze(-1).float()
+        return head_values(self.head, hidden, width)
 
 
 class SeparateValues:
@@ -146,19 +149,13 @@ def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.base_model
 
 
-def zero_head(hidden: int, device: torch.device) -> torch.nn.Linear:
-    # V ≡ 0 at the start: the first advantages are Monte-Carlo returns, not a random head's noise.
-    head = torch.nn.Linear(hidden, 1, dtype=torch.float32, device=device)
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    return head
-
-
 def value_from_policy(policy: torch.nn.Module) -> ValueModel:
     """A copy of the initial policy's decoder (its requires_grad flags too) and a zero head."""
     decoder = copy.deepcopy(decoder_of(policy))
     device = next(decoder.parameters()).device
-    return ValueModel(decoder, zero_head(policy.config.get_text_config().hidden_size, device))
+    # V ≡ 0 at the start: the first advantages are Monte-Carlo returns, not a random head's noise.
+    head = zero_value_head(policy.config.get_text_config().hidden_size, device)
+    return ValueModel(decoder, head)
 
 
 def value_from_reward(
@@ -203,8 +200,13 @@ def build_values(
     total_steps: int,
     bf16_update: str,
 ) -> Values:
-    """The value model task=ppo trains with this method (see the module's docstring)."""
+    """The value model task=ppo trains with this method (see the module's docstring).
+
+    Called before the policy's optimizer and engine are built: under lora/qlora the value adapter
+    and head are added to `policy` itself, so that they train, checkpoint and shard with it.
+    """
     if cfg.method.name in ("lora", "qlora"):
+        attach_value_adapter(policy)
         return AdapterValues(policy)
     if str(cfg.task.value_init) == "reward":
         model = value_from_reward(str(cfg.reward.model), policy, tokenizer, env.device)

@@ -3,14 +3,12 @@ wrapped for DDP like the policy, so its gradients are the whole batch's on every
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bigft.config import compose_config
 from bigft.train import train
 from tests.distributed.test_distributed import ok, run_ranks
-from tests.integration.runs import read_metrics, train_overrides
+from tests.integration.runs import step_metrics, train_overrides
 
 pytestmark = pytest.mark.distributed
 
@@ -21,10 +19,6 @@ KEYS = (
     "train/value_grad_norm",
     "train/explained_variance",
 )
-
-
-def step_metrics(run_dir: Path) -> list[tuple[float, ...]]:
-    return [tuple(m[k] for k in KEYS) for m in read_metrics(run_dir) if KEYS[0] in m]
 
 
 def test_full_ppo_on_two_ddp_ranks_equals_one_process(tmp_path, tiny_llama_dir):
@@ -45,7 +39,7 @@ def test_full_ppo_on_two_ddp_ranks_equals_one_process(tmp_path, tiny_llama_dir):
     ok(result)
     train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
     out = tmp_path / "outputs"
-    two, one = step_metrics(out / "two"), step_metrics(out / "one")
+    two, one = (list(step_metrics(out / n, KEYS).values()) for n in ("two", "one"))
     assert len(two) == 3
     for got, want in zip(two, one, strict=True):
         assert got[0] == pytest.approx(want[0], rel=1e-5)

@@ -4,22 +4,16 @@ rank's included; the value adapter and head trained by the same updates."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from bigft.config import compose_config
 from bigft.train import train
 from tests.distributed.test_distributed import ok, run_ranks
-from tests.integration.runs import read_metrics, train_overrides
+from tests.integration.runs import read_metrics, step_metrics, train_overrides
 
 pytestmark = pytest.mark.distributed
 
 KEYS = ("train/reward", "train/loss", "train/value_loss", "train/explained_variance")
-
-
-def step_metrics(run_dir: Path) -> list[tuple[float, ...]]:
-    return [tuple(m[k] for k in KEYS) for m in read_metrics(run_dir) if KEYS[0] in m]
 
 
 @pytest.mark.parametrize("mode", ["ddp", "zero3"])
@@ -44,7 +38,7 @@ def test_ppo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, mode):
     ok(result)
     train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
     out = tmp_path / "outputs"
-    two, one = step_metrics(out / "two"), step_metrics(out / "one")
+    two, one = (list(step_metrics(out / n, KEYS).values()) for n in ("two", "one"))
     assert len(two) == 3
     # Rollouts and rewards agree to float precision. The updates agree to float noise, which
     # the value adapter's first Adam steps (±lr whatever a gradient's size) amplify: micro-batch

@@ -151,6 +151,11 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["train/loss"] for m in read_metrics(run_dir) if "train/loss" in m}
 
 
+def step_metrics(run_dir: Path, keys: tuple[str, ...]) -> dict[int, tuple[float, ...]]:
+    """Each training step's values of `keys` (a resumed run's re-done step: its last record)."""
+    return {m["step"]: tuple(m[k] for k in keys) for m in read_metrics(run_dir) if keys[0] in m}
+
+
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     """A bigft command as a user runs it: `python -m <module> <overrides>`, in a real process."""
     return subprocess.run(

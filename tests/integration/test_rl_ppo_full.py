@@ -17,15 +17,11 @@ from bigft.errors import CheckpointError
 from bigft.rl.value_model import VALUE_FILE, VALUE_OPTIMIZER_FILE, VALUE_SCHEDULER_FILE
 from bigft.train import train
 
-from .runs import read_metrics
+from .runs import read_metrics, step_metrics
 
 REWARD = "reward.fn=tests.integration.rl_rewards:letters"
 FAST = ("task.max_new_tokens=6", "trainer.micro_batch_size=4", "optim.lr=1e-3")
 KEYS = ("train/reward", "train/loss", "train/value_loss", "train/kl", "train/value_grad_norm")
-
-
-def step_metrics(run_dir: Path) -> dict[int, tuple[float, ...]]:
-    return {m["step"]: tuple(m[k] for k in KEYS) for m in read_metrics(run_dir) if KEYS[0] in m}
 
 
 def test_full_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
@@ -37,12 +33,12 @@ def test_full_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     )  # fmt: skip
     whole = make_cfg("ppo", "full", "name=whole", *common)
     metrics = train(whole)
-    expected = step_metrics(Path(whole.output_dir))
+    expected = step_metrics(Path(whole.output_dir), KEYS)
     broken = make_cfg("ppo", "full", "name=broken", *common)
     with pytest.raises(RuntimeError, match="simulated crash after step 3"):
         train(broken, faults=Faults(crash_after_step=3))
     train(broken)
-    resumed = step_metrics(Path(broken.output_dir))
+    resumed = step_metrics(Path(broken.output_dir), KEYS)
     assert sorted(resumed) == [1, 2, 3, 4]
     for step, values in expected.items():
         assert resumed[step] == pytest.approx(values, rel=1e-5, abs=1e-7), step

@@ -343,3 +343,9 @@ def test_full_ppo_plans_a_separate_value_model_beside_the_policy():
     assert not ppo.fits and grpo.suggestions
     assert any("zero3" in o for c, _ in grpo.suggestions for o in c.overrides)
     assert not any("zero" in o for c, _ in ppo.suggestions for o in c.overrides)
+    # Nor on 8 GPUs under DDP, where ZeRO-3 would be the first advice for any other task (one
+    # GPU alone never gets ZeRO advice, so the check above cannot tell).
+    eight = ["distributed=ddp", "launcher.nproc_per_node=8"]
+    ddp = check_fits(compose_config([*common, "task=ppo", *eight]))
+    assert ddp.setup.world_size == 8 and not ddp.fits
+    assert not any("zero" in o for c, _ in ddp.suggestions for o in c.overrides)

@@ -16,7 +16,6 @@ def test_ppo_on_the_ground_truth_raises_the_held_out_ground_truth_score(tmp_path
         "reward.fn=bigft.demo.truth:score",
         "trainer.eval_every=0",
     )
-    # Measured on all 240 questions from a 40-step demo sft run (experiment=demo_ppo, 40 steps):
-    # 0.266 → 0.528 at step 20 → 0.573.
+    # Measured: 0.296 → 0.577 on these 90 questions (0.266 → 0.528 at step 20 → 0.573 on all 240).
     assert metrics["eval/reward_fn"] > before["eval/reward_fn"] + 0.08, (before, metrics)
     assert metrics["train/kl"] > 0 and metrics["train/value_loss"] > 0

@@ -155,3 +155,12 @@ def test_every_reader_refuses_an_unfinished_run_by_name(tmp_path, key):
         match=rf"^{re.escape(key)}='.*/run' is a bigft run directory that has not finished",
     ):
         _readers()[key](str(run))
+
+
+@pytest.mark.parametrize("key", ["judges.classifier.run", "run"])
+def test_keys_that_take_only_a_run_refuse_anything_else(tmp_path, tiny_llama_dir, key):
+    read = _readers()[key]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}='.*/nope' does not exist$"):
+        read(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is not a bigft run directory"):
+        read(str(tiny_llama_dir))

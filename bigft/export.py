@@ -20,8 +20,8 @@ from omegaconf import MISSING, DictConfig
 from bigft.config import CONF_DIR, typed_config
 from bigft.config.schema import DType
 from bigft.errors import ConfigError, exit_on_user_error, run_hydra_app
-from bigft.outputs import MERGED_SUBDIR, MODEL_SUBDIR, OUTPUT_FILE, read_metadata
-from bigft.run_dirs import finished_output, merge_into
+from bigft.outputs import MERGED_SUBDIR, read_metadata
+from bigft.run_dirs import merge_into, output_dir_of
 
 log = logging.getLogger("bigft")
 
@@ -31,18 +31,6 @@ class ExportConfig:
     run: str = MISSING  # a run directory holding model/ (or such a model/ directory itself)
     output: str = f"${{run}}/{MERGED_SUBDIR}"
     dtype: DType | None = None  # None: the dtype the base was trained in
-
-
-def output_dir_of(run_dir: Path) -> Path:
-    """`<run>/model`, or `run_dir` itself when it is an output directory."""
-    found = finished_output(run_dir, key="run")
-    if found is not None:
-        return found
-    if not Path(run_dir).is_dir():
-        raise ConfigError(f"run={str(run_dir)!r} does not exist")
-    raise ConfigError(
-        f"run={str(run_dir)!r} is not a bigft run directory (no {MODEL_SUBDIR}/{OUTPUT_FILE})"
-    )
 
 
 def export_merged(run_dir: Path | str, output_dir: Path | str, dtype: str | None = None) -> Path:

@@ -31,9 +31,9 @@ from bigft.data.readers import Record
 from bigft.data.templates import sft_tokens
 from bigft.engine.resume import CONFIG_FILE
 from bigft.errors import ConfigError, DataError, exit_on_user_error, run_hydra_app
-from bigft.export import output_dir_of
 from bigft.models.decode import complete_ids
 from bigft.outputs import MERGED_SUBDIR, load_output, read_metadata
+from bigft.run_dirs import output_dir_of
 
 log = logging.getLogger("bigft")
 

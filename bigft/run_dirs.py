@@ -61,6 +61,19 @@ def finished_output(source: str | Path, *, key: str) -> Path | None:
     return None
 
 
+def output_dir_of(source: str | Path, *, key: str = "run") -> Path:
+    """The bigft output directory `source` names (`<run>/model`, or `source` itself when it is
+    one), for a key that takes only a bigft run (bigft-export/generate run=, the judges)."""
+    found = finished_output(source, key=key)
+    if found is not None:
+        return found
+    if not Path(str(source)).expanduser().is_dir():
+        raise ConfigError(f"{key}={str(source)!r} does not exist")
+    raise ConfigError(
+        f"{key}={str(source)!r} is not a bigft run directory (no {MODEL_SUBDIR}/{OUTPUT_FILE})"
+    )
+
+
 def unfinished_run(run_dir: Path, key: str, source: str | Path) -> ConfigError:
     checkpoints = run_dir / "checkpoints"
     if checkpoints.is_dir() and any(checkpoints.iterdir()):

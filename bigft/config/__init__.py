@@ -61,8 +61,10 @@ def model_dir_name(path: str) -> str:
     of a run directory (outputs/demo-lora-sft/merged → "demo-lora-sft"): the run name of
     `model=local`, so that runs of two models never share a run directory."""
     path = Path(str(path).rstrip("/"))
-    # A run's model/ or merged/ (bigft.outputs' names) is named after the run.
-    if path.name in ("model", "merged") and (path / "bigft_output.json").is_file():
+    # A run's model/ or merged/ (bigft.outputs' names) is named after the run. By the name
+    # alone, never by what is on disk: a config composed before the run finishes (a pipeline's
+    # later stage, a queued job) must name it as one composed after does.
+    if path.name in ("model", "merged") and path.parent.name:
         path = path.parent
     return path.name or "local"
 

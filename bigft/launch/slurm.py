@@ -89,20 +89,13 @@ def check_before_submit(
     every point shares is read once, not once per point.
     """
     checked = set() if checked is None else checked
-    time_minutes(cfg.launcher.time)
-    option_pairs(list(cfg.launcher.sbatch_extra))
     for name, check in (("data", _check_data), ("model", _check_model)):
         key = name + OmegaConf.to_yaml(cfg[name], resolve=True)
         if key not in checked:
             check(cfg)
             checked.add(key)
-    _check_writable(Path(cfg.output_root if sweep else cfg.output_dir))
     _check_fits(cfg)
-    if not cfg.launcher.dry_run and shutil.which("sbatch") is None:
-        raise ConfigError(
-            "launcher=slurm needs Slurm's sbatch on PATH (run on a login node of the cluster); "
-            "launcher.dry_run=true prints the script without submitting"
-        )
+    check_can_submit(cfg, Path(cfg.output_root if sweep else cfg.output_dir))
 
 
 def check_can_submit(cfg: DictConfig, run_dir: Path) -> None:

@@ -25,7 +25,7 @@ DRY_RUN_FLAGS = ("--dry-run", "--dry_run")
 
 def launcher_overrides() -> list[str]:
     """The command line's launcher choices (launcher=slurm, launcher.partition=gpu): every train
-    stage gets them, before its own stages.<name>.launcher."""
+    and redteam stage gets them, before its own stages.<name>.launcher."""
     from hydra.core.hydra_config import HydraConfig
 
     task = HydraConfig.get().overrides.task

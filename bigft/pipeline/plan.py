@@ -130,6 +130,10 @@ def _check_stage(plan: StagePlan, producers: dict, *, slurm: bool) -> str | None
     if plan.stage.command == "export":
         produced = pending.get("run")
         return produced[1] if produced else _existing_model(str(plan.cfg.run))
+    if plan.stage.command == "redteam":
+        if slurm:
+            _check_scan(plan, pending)
+        return None
     if plan.stage.command != "train":
         return None
     check_cfg = _with_stand_ins(plan.cfg, pending)
@@ -148,6 +152,19 @@ def _check_stage(plan: StagePlan, producers: dict, *, slurm: bool) -> str | None
         check_before_submit(check_cfg, checked=skipped)
         plan.checked = True
     return str(check_cfg.model.path)
+
+
+def _check_scan(plan: StagePlan, pending: dict) -> None:
+    """bigft-redteam's submission checks; a scan of what an earlier stage will produce (its
+    target, its attacks) can only be checked for what Slurm needs: the job reads the rest."""
+    from bigft.launch.slurm import check_can_submit
+    from bigft.redteam.slurm import check_scan
+
+    if pending:
+        check_can_submit(plan.cfg, Path(plan.cfg.output_dir))
+    else:
+        check_scan(plan.cfg)
+    plan.checked = True
 
 
 def _stood_in(pending: dict) -> set[str]:

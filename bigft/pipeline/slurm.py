@@ -3,8 +3,9 @@ waiting for the jobs of the stages it depends on (`--dependency=afterok:<ids>`);
 Slurm cancels the jobs waiting on it (`--kill-on-invalid-dep=yes`). A rerun submits only what is
 not finished, and leaves a stage whose job is still queued or running alone.
 
-Train stages are submitted exactly as `bigft-train launcher=slurm` submits (preemption,
-checkpoint and requeue as for any bigft job); redteam and export stages run as one task.
+Train and redteam stages are submitted exactly as `bigft-train launcher=slurm` and
+`bigft-redteam launcher=slurm` submit (a preempted run checkpoints and requeues, a scan stops
+after its batch and requeues); export stages, which have no launcher, run as one task.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def submit_all(plans: list[StagePlan], state: PipelineState, pipeline: DictConfi
             print(f"bigft: stage {stage.name}: Slurm job {previous} is still queued or running")
             continue
         after = [jobs[d] for d in stage.depends_on if d in jobs]
-        if stage.command == "train":
-            job_id = _submit_train(plan, after)
-        else:
+        if stage.command == "export":
             job_id = _submit_command(plan, after, pipeline)
+        else:
+            job_id = submit_job(plan, after)
         jobs[stage.name] = job_id
         record.update(
             command=stage.command_line(),
@@ -84,12 +85,16 @@ def submit_all(plans: list[StagePlan], state: PipelineState, pipeline: DictConfi
         print(f"bigft: stage {stage.name}: Slurm job {job_id}{waits}", flush=True)
 
 
-def _submit_train(plan: StagePlan, after: list[str]) -> str:
+def submit_job(plan: StagePlan, after: list[str]) -> str | None:
+    """A train or redteam stage, by its own command's Slurm launcher."""
     from bigft.launch.slurm import submit
+    from bigft.redteam.slurm import submit_scan
 
     cfg = copy.deepcopy(plan.cfg)
     cfg.launcher.sbatch_extra = [*cfg.launcher.sbatch_extra, *dependency_options(after)]
     # Checked with the other stages before anything was submitted (future inputs stood in).
+    if plan.stage.command == "redteam":
+        return submit_scan(cfg, checked=plan.checked)
     return submit(cfg, checked=plan.checked)
 
 
@@ -101,7 +106,7 @@ def stage_launcher(pipeline: DictConfig, stage_launcher: dict[str, Any]) -> Dict
 
 
 def _submit_command(plan: StagePlan, after: list[str], pipeline: DictConfig) -> str:
-    """A redteam or export stage: one task running the command with the stage's overrides."""
+    """An export stage: one task running bigft-export with the stage's overrides."""
     from bigft.launch.slurm import sbatch
 
     script, job_cfg = stage_script(plan, after, pipeline)
@@ -117,7 +122,7 @@ def _log_dir(pipeline: DictConfig) -> Path:
 
 
 def stage_script(plan: StagePlan, after: list[str], pipeline: DictConfig) -> tuple[str, DictConfig]:
-    """The sbatch script of a redteam or export stage, and the launcher config it asks for."""
+    """The sbatch script of an export stage, and the launcher config it asks for."""
     from bigft.launch.slurm import sbatch_directives
 
     stage = plan.stage
@@ -125,8 +130,7 @@ def stage_script(plan: StagePlan, after: list[str], pipeline: DictConfig) -> tup
     launcher.job_name = f"bigft-{pipeline.name}-{stage.name}"
     launcher.sbatch_extra = [*launcher.sbatch_extra, *dependency_options(after)]
     job_cfg = OmegaConf.create({"launcher": launcher, "name": stage.name})
-    # One task, no checkpoint to write on a warning signal: a preempted scan requeues and
-    # resumes from its findings; an export starts again.
+    # One task, no checkpoint to write on a warning signal: a preempted export starts again.
     directives = [
         d
         for d in sbatch_directives(job_cfg, _log_dir(pipeline), Path.cwd())

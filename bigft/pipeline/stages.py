@@ -29,9 +29,10 @@ COMMANDS = {
 # Where each command writes: the pipeline sets these, so a stage cannot.
 _LOCATION_KEYS = {
     "train": ("name", "output_root", "output_dir"),
-    "redteam": ("output_dir",),
+    "redteam": ("name", "output_dir"),
     "export": ("output",),
 }
+_RANK_LAYOUT = ("launcher.nodes", "launcher.nproc_per_node")
 _REFERENCE = re.compile(r"\$\{\s*stages\.([A-Za-z0-9_-]+)\.")
 
 
@@ -98,8 +99,8 @@ class Stage:
 def read_stages(cfg: DictConfig, launcher: list[str] | None = None) -> list[Stage]:
     """The stages in the order the config lists them, references to earlier stages resolved.
 
-    `launcher`: the command line's launcher overrides, given to every train stage before the
-    stage's own `launcher` keys."""
+    `launcher`: the command line's launcher overrides, given to every train and redteam stage
+    before the stage's own `launcher` keys."""
     if not cfg.stages:
         raise ConfigError(
             "the pipeline has no stages: choose one with pipeline=<name> (conf/pipeline/*.yaml)"
@@ -191,14 +192,18 @@ def _location(command: str, name: str, output_dir: str, overrides: list[str]) ->
         path = Path(output_dir)
         return [f"output_root={path.parent}", f"name={path.name}"]
     if command == "redteam":
-        return [f"output_dir={output_dir}"]
+        # The scan's name names its Slurm job (bigft-<stage>), as a train stage's does.
+        return [f"name={name}", f"output_dir={output_dir}"]
     return [f"output={output_dir}"]
 
 
 def _launcher(command: str, given: list[str], own: dict[str, Any]) -> list[str]:
-    """A train stage's launcher overrides; other commands have no launcher (see slurm.py)."""
-    if command != "train":
+    """A train or redteam stage's launcher overrides (bigft-export has no launcher: slurm.py)."""
+    if command == "export":
         return []
+    if command == "redteam":
+        # A scan runs in one process: the command line's rank layout is its train stages'.
+        given = [o for o in given if o.split("=", 1)[0].lstrip("+~") not in _RANK_LAYOUT]
     return [*given, *(f"launcher.{key}={value}" for key, value in own.items())]
 
 

@@ -5,8 +5,8 @@
    demo's base model) writing more; judged by bigft.redteam.demo:leaks; ASR before;
 3. export the failures (held out: the `hypothetical` family, the protected creatures no tuning
    data names, and a tenth of the rest by row) with answer-over-refusal contrast pairs;
-4. `bigft-export` the tuned model and fine-tune it (in full) with task=sft on the exported refusals
-   and harmless answers (default), or task=dpo (IPO) on the exported pairs;
+4. fine-tune the tuned model from its run directory (in full) with task=sft on the exported
+   refusals and harmless answers (default), or task=dpo (IPO) on the exported pairs;
 5. scan both models on the held-out attacks only; harmless exact match and over-refusal on the
    demo's held-out questions (less the protected ones) before and after; print one table.
 
@@ -89,10 +89,11 @@ def train_run(overrides: list[str]) -> None:
 
 
 def tune_overrides(
-    out: Path, merged: Path, task: str, steps: int, lr: float, method: str = "full"
+    out: Path, sft: Path, task: str, steps: int, lr: float, method: str = "full"
 ) -> list[str]:
-    """The merged tuned model, tuned in full: task=sft on export/sft.jsonl (the refusals and the
-    harmless answers) or task=dpo on export/preferences.jsonl.
+    """The tuned model's run `sft`, tuned in full: task=sft on export/sft.jsonl (the refusals and
+    the harmless answers) or task=dpo on export/preferences.jsonl. The new run trains on the run's
+    adapter merged into its base (bigft.run_dirs: bigft-export's merge, in `tuned/base`).
 
     In full by default: the refusal's words never occur in the demo's pre-training corpus, so
     their rows of the output layer are untrained, and LoRA leaves that layer frozen unless
@@ -101,7 +102,7 @@ def tune_overrides(
     name = "sft.jsonl" if task == "sft" else "preferences.jsonl"
     return [
         "model=local",
-        f"model.path={merged}",
+        f"model.path={sft}",
         f"task={task}",
         f"method={method}",
         "data=local",
@@ -163,8 +164,6 @@ def loop(
     `sft_run`: an existing run of the demo's instruction tuning to start from (its `cache_dir`
     must hold the demo base) instead of training one into `out/sft`.
     """
-    from bigft.export import export_merged
-
     out = Path(out)
     steps = TUNING[task]["steps"] if steps is None else steps
     lr = TUNING[task]["lr"] if lr is None else lr
@@ -183,10 +182,8 @@ def loop(
     )
     held_file = out / "scan_before" / "export" / "held_out_attacks.jsonl"
     held_ids = {json.loads(line)["id"] for line in held_file.open()}
-    if not (sft / "merged").is_dir():
-        export_merged(sft, sft / "merged")
     if not (out / "tuned" / "model").is_dir():
-        tuning = tune_overrides(out, sft / "merged", task, steps, lr, method)
+        tuning = tune_overrides(out, sft, task, steps, lr, method)
         train_run([*tuning, *cache, *tune_extra])
     after = redteam(
         scan_overrides(

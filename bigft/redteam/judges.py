@@ -95,14 +95,10 @@ class FunctionJudge:
 
 
 def _load_head(run: str, key: str, head: str) -> tuple[Any, Any, Path]:
-    from bigft.outputs import MODEL_SUBDIR, OUTPUT_FILE, load_output, read_metadata
-    from bigft.run_dirs import finished_output
+    from bigft.outputs import load_output, read_metadata
+    from bigft.run_dirs import output_dir_of
 
-    source = finished_output(run, key=key)
-    if source is None:
-        raise ConfigError(
-            f"{key}={run!r} is not a bigft run directory (no {MODEL_SUBDIR}/{OUTPUT_FILE})"
-        )
+    source = output_dir_of(run, key=key)
     found = read_metadata(source)["head"]
     if found != head:
         raise ConfigError(f"{key}={run!r} holds a {found} model; expected a {head} run")

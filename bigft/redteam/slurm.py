@@ -25,9 +25,10 @@ from bigft.redteam.target import check_target
 JOB_ENTRY = "bigft.redteam.slurm_job"
 
 
-def submit_scan(cfg: DictConfig) -> str | None:
-    """Check the scan, write its sbatch script and submit it; the job id (None: a dry run)."""
-    return submit(cfg, check=check_scan, entry=JOB_ENTRY, command="bigft-redteam")
+def submit_scan(cfg: DictConfig, *, checked: bool = False) -> str | None:
+    """Check the scan, write its sbatch script and submit it; the job id (None: a dry run).
+    `checked`: the caller checked it (bigft-pipeline, before submitting any stage)."""
+    return submit(cfg, check=check_scan, entry=JOB_ENTRY, command="bigft-redteam", checked=checked)
 
 
 def check_scan(cfg: DictConfig) -> None:

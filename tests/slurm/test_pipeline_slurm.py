@@ -4,6 +4,7 @@ after the fix submits only the stages that have not finished."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -68,3 +69,28 @@ def test_failed_stage_cancels_its_dependents_and_a_rerun_submits_the_rest(
     assert list(train_losses(runs / "tune")) == [1, 2, 3]
     merged = AutoModelForCausalLM.from_pretrained(Path(runs / "merge"))
     assert torch.isfinite(merged(torch.tensor([[1, 5, 9]])).logits).all()
+
+
+def test_a_redteam_stage_is_a_bigft_redteam_job_waiting_for_its_target(
+    slurm_cluster, tmp_path, tiny_llama_dir
+):
+    from .test_redteam_slurm import scan_overrides
+
+    scan = scan_overrides(tmp_path, Path("${stages.tune.output_dir}"), attacks=2)
+    stages = tiny_stages(tmp_path)
+    stages["scan"] = {"command": "redteam", "overrides": scan}
+    conf = tmp_path / "conf"
+    write_pipeline(conf, "round", common_overrides(tmp_path, tiny_llama_dir), stages)
+    runs = tmp_path / "outputs" / "round"
+
+    out = ok(bigft_pipeline(conf, "round", *SLURM, cwd=tmp_path))
+    jobs = _jobs(out)
+    assert f"stage scan: Slurm job {jobs['scan']}, after job(s) {jobs['tune']}" in out
+    # Submitted as `bigft-redteam launcher=slurm` submits: its script and frozen config.
+    script = (runs / "scan" / "slurm" / "job.sbatch").read_text()
+    assert "#SBATCH --job-name=bigft-scan" in script and "#SBATCH --signal=" in script
+    assert "-m bigft.redteam.slurm_job" in script
+    assert _states(jobs) == {"base": "COMPLETED", "tune": "COMPLETED", "scan": "COMPLETED"}
+    summary = json.loads((runs / "scan" / "asr.json").read_text())
+    assert summary["attacks"] == 2
+    assert "bigft: stage scan: finished" in ok(bigft_pipeline(conf, "round", *SLURM, cwd=tmp_path))

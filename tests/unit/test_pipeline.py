@@ -218,17 +218,78 @@ def test_wandb_run_gets_the_pipeline_group_and_stage_job_type(tmp_path, monkeypa
     assert seen == [("rlhf", "reward")]
 
 
-def test_a_redteam_stage_job_waits_and_runs_its_command():
+def _export_then_scan(tmp_path, target: str):
+    """A pipeline whose scan targets `target` (an export stage's output: a future input)."""
+    cfg = pipeline(
+        "pipeline=redteam_round_demo",
+        f"output_root={tmp_path}",
+        "launcher=slurm",
+        "launcher.partition=cpu",
+    )
+    cfg.stages = {
+        "merge": StageConfig(command="export", overrides=[f"run={tmp_path}/sft"]),
+        "scan": StageConfig(
+            command="redteam",
+            overrides=[f"target={target}", "judges.refusal.enabled=true"],
+            launcher={"time": "00:30:00"},
+        ),
+    }
+    slurm = ["launcher=slurm", "launcher.partition=cpu", "launcher.nproc_per_node=4"]
+    stages = read_stages(cfg, [*slurm, "launcher.dry_run=true"])
+    return cfg, decide(stages, PipelineState(tmp_path / "pipeline.json"))
+
+
+def test_a_redteam_stage_is_submitted_by_bigft_redteams_launcher(tmp_path, capsys):
+    from bigft.pipeline.slurm import submit_job
+
+    _, plans = _export_then_scan(tmp_path, "${stages.merge.output_dir}")
+    scan = plans[1].stage
+    # The rank layout is the train stages'; a scan runs in one process.
+    assert [o for o in scan.overrides if o.startswith("launcher")] == [
+        "launcher=slurm",
+        "launcher.partition=cpu",
+        "launcher.dry_run=true",
+        "launcher.time=00:30:00",
+    ]
+    check_all(plans, slurm=True)  # the target is merge's future output: only Slurm's needs
+    assert plans[1].checked
+    assert submit_job(plans[1], ["41", "42"]) is None  # launcher.dry_run: printed
+    lines = capsys.readouterr().out.splitlines()
+    assert (
+        lines[1] == "# bigft scan: written by `bigft-redteam launcher=slurm`; resubmit with sbatch."
+    )
+    for directive in (
+        "--job-name=bigft-scan",
+        "--ntasks-per-node=1",
+        "--partition=cpu",
+        "--time=00:30:00",
+        "--requeue",
+        "--dependency=afterok:41:42",
+        "--kill-on-invalid-dep=yes",
+    ):
+        assert f"#SBATCH {directive}" in lines
+    # The scan stops after its batch on Slurm's warning and requeues (bigft.redteam.slurm_job).
+    assert any(line.startswith("#SBATCH --signal=") for line in lines)
+    task = next(line for line in lines if line.startswith("srun"))
+    assert f"-m bigft.redteam.slurm_job {tmp_path}/redteam_round_demo/scan/slurm/config-" in task
+
+
+def test_a_redteam_stage_with_inputs_at_hand_is_checked_before_any_submission(tmp_path):
+    _, plans = _export_then_scan(tmp_path, "/nonexistent/run")
+    with pytest.raises(ConfigError, match=r"^stage scan \(bigft-redteam .*\): target='/nonex"):
+        check_all(plans, slurm=True)
+
+
+def test_an_export_stage_job_waits_and_runs_its_command(tmp_path):
     from bigft.pipeline.slurm import stage_script
 
-    cfg = pipeline("pipeline=redteam_round_demo", "launcher=slurm", "launcher.partition=cpu")
-    cfg.stages.scan.launcher = {"time": "00:30:00"}
-    stages = read_stages(cfg, ["launcher=slurm", "launcher.partition=cpu"])
-    plan = decide(stages, PipelineState(Path("/nonexistent/pipeline.json")))[1]
+    cfg, _ = _export_then_scan(tmp_path, "${stages.merge.output_dir}")
+    cfg.stages.merge.launcher = {"time": "00:30:00"}
+    plan = decide(read_stages(cfg), PipelineState(tmp_path / "pipeline.json"))[0]
     script, _ = stage_script(plan, ["41", "42"], cfg)
     lines = script.splitlines()
     for directive in (
-        "--job-name=bigft-redteam_round_demo-scan",
+        "--job-name=bigft-redteam_round_demo-merge",
         "--partition=cpu",
         "--time=00:30:00",
         "--dependency=afterok:41:42",
@@ -237,5 +298,5 @@ def test_a_redteam_stage_job_waits_and_runs_its_command():
     ):
         assert f"#SBATCH {directive}" in lines
     assert not any("--signal" in line for line in lines)  # nothing to checkpoint on a warning
-    assert lines[-1].split()[1:4] == ["-u", "-m", "bigft.redteam.cli"]
-    assert "output_dir=outputs/redteam_round_demo/scan" in lines[-1]
+    assert lines[-1].split()[1:4] == ["-u", "-m", "bigft.export"]
+    assert f"output={tmp_path}/redteam_round_demo/merge" in lines[-1]

@@ -94,7 +94,9 @@ def test_model_local_names_a_run_after_the_run(tmp_path):
     assert model_dir_name(str(tmp_path / "demo-lora-sft")) == "demo-lora-sft"
     assert model_dir_name(str(tmp_path / "demo-lora-sft" / "merged")) == "demo-lora-sft"
     assert model_dir_name(str(tmp_path / "demo-lora-sft" / "model/")) == "demo-lora-sft"
-    assert model_dir_name("/models/merged") == "merged"  # a plain directory of that name
+    # By the name alone: the same before the run has finished (a pipeline composes its later
+    # stages then, and compares their configs on every rerun) as after.
+    assert model_dir_name(str(tmp_path / "not-yet" / "model")) == "not-yet"
 
 
 def test_plan_reads_a_runs_base_config(tmp_path, tiny_llama_dir):
@@ -155,3 +157,12 @@ def test_every_reader_refuses_an_unfinished_run_by_name(tmp_path, key):
         match=rf"^{re.escape(key)}='.*/run' is a bigft run directory that has not finished",
     ):
         _readers()[key](str(run))
+
+
+@pytest.mark.parametrize("key", ["judges.classifier.run", "run"])
+def test_keys_that_take_only_a_run_refuse_anything_else(tmp_path, tiny_llama_dir, key):
+    read = _readers()[key]
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}='.*/nope' does not exist$"):
+        read(str(tmp_path / "nope"))
+    with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=.* is not a bigft run directory"):
+        read(str(tiny_llama_dir))

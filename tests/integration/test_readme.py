@@ -46,7 +46,7 @@ from pathlib import Path
 
 import pytest
 
-from bigft.config import compose_config
+from bigft.config import DEMO_DATA_DIR, compose_config
 from bigft.errors import exit_on_user_error
 from bigft.launch.slurm import check_sweep
 from bigft.train import train
@@ -115,6 +115,7 @@ SUBSTITUTIONS = {
     r"\binputs\.rankings=\S+": "inputs.rankings={data}/ranked.jsonl",
     r"\binputs\.prompts=\S+": "inputs.prompts={data}/prompts.jsonl",
     r"\binputs\.target=outputs/my-sft\b": "inputs.target={run}",
+    r"\binputs\.(attacks|fillers)=(?:\S*/)?([^\s/]+)": r"inputs.\1={data}/\2",
     r"^(bigft-pipeline\b.*)$": r"\1 dry_run=true output_root={out}",
     # A Slurm sweep: each point checked as before its job array is submitted.
     r"^bigft-train -m\b": "bigft-check-sweep",
@@ -137,6 +138,10 @@ def _write_reviews(path: Path) -> None:
             writer.writerow([f"review {i}: great" if i % 2 else f"review {i}: awful", i % 2])
 
 
+def _copy_demo_data(name: str) -> Callable[[Path], None]:
+    return lambda path: path.write_bytes((DEMO_DATA_DIR / name).read_bytes())
+
+
 def _copy_task_data(task: str) -> Callable[[Path], None]:
     def write(path: Path) -> None:
         path.write_bytes(make_task_data(path.parent, task, n=8).read_bytes())
@@ -156,6 +161,9 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "prompts.jsonl": _copy_task_data("grpo"),
     "sft.jsonl": _write_jsonl(_sft_rows()),  # the red-team loop's export
     "preferences.jsonl": _copy_task_data("dpo"),  # the red-team loop's dpo export
+    # A red-team pipeline's people's attacks and template fillers: the demo world's.
+    "attacks.jsonl": _copy_demo_data("redteam_attacks.jsonl"),
+    "requests.jsonl": _copy_demo_data("redteam_fillers.jsonl"),
 }
 
 

@@ -7,13 +7,19 @@ bundled rankings plus, per prompt, one more ranked by the same noisy reviewers: 
 the right word, a wrong word of the right kind and a value of another kind (the truth's order).
 
     python benchmarks/demo_rl_prefs.py outputs/demo-preferences-kinds.jsonl
+
+With --junk-as-other-kind it writes instead the bundled rankings (train and held-out, the latter
+to the same directory as preferences_eval.jsonl) with every junk answer (the one the rule grades
+0) replaced by a bare value of another kind: the same rankings, since the rule grades both 0.
+
+    python benchmarks/demo_rl_prefs.py --junk-as-other-kind outputs/ok/preferences_train.jsonl
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 from bigft.config import DEMO_DATA_DIR
@@ -22,6 +28,7 @@ from bigft.demo.truth import asked, score, world
 from bigft.demo.world import ATTRIBUTES, PROSE
 
 BUNDLED = DEMO_DATA_DIR / "preferences_train.jsonl"
+BUNDLED_EVAL = DEMO_DATA_DIR / "preferences_eval.jsonl"
 
 
 def with_wrong_kinds(records: list[dict], rng: random.Random) -> list[dict]:
@@ -42,13 +49,44 @@ def with_wrong_kinds(records: list[dict], rng: random.Random) -> list[dict]:
     return out
 
 
+def junk_as_other_kind(records: list[dict], rng: random.Random) -> list[dict]:
+    out = []
+    for r in records:
+        _, attr = asked(r["prompt"])
+        others = [v for a, vals in ATTRIBUTES.items() if a != attr for v in vals]
+        responses = [
+            rng.choice(others) if score(r["prompt"], x) == 0 else x for x in r["responses"]
+        ]
+        out.append({**r, "responses": responses})
+    return out
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(x) + "\n" for x in rows))
+    print(f"{path}: {len(rows)} ranked prompts")
+
+
 def main() -> None:
-    target = Path(sys.argv[1] if len(sys.argv) > 1 else "outputs/demo-preferences-kinds.jsonl")
-    records = [json.loads(line) for line in BUNDLED.read_text().splitlines()]
-    rows = with_wrong_kinds(records, random.Random(7))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    print(f"{target}: {len(rows)} ranked prompts")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "target", type=Path, nargs="?", default=Path("outputs/demo-preferences-kinds.jsonl")
+    )
+    parser.add_argument("--junk-as-other-kind", action="store_true")
+    args = parser.parse_args()
+    rng = random.Random(7)
+    if args.junk_as_other_kind:
+        write(args.target, junk_as_other_kind(read(BUNDLED), rng))
+        write(
+            args.target.parent / "preferences_eval.jsonl",
+            junk_as_other_kind(read(BUNDLED_EVAL), rng),
+        )
+    else:
+        write(args.target, with_wrong_kinds(read(BUNDLED), rng))
 
 
 if __name__ == "__main__":

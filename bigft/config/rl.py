@@ -4,7 +4,19 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from bigft.config.schema import TaskConfig
 from bigft.errors import ConfigError
+
+# Settings one RL task reads and the other has no use for: set to anything but their default on
+# the other task, they would be ignored without a word, so they are refused instead.
+GRPO_ONLY = {
+    "advantage": "ppo's advantages are GAE's, from its value model, task.gamma and task.lam",
+    "scale_rewards": "ppo's advantages are GAE's; task.normalize_rewards scales its rewards",
+}
+PPO_ONLY = {
+    key: "grpo has no value model: its advantages are its groups', see task.advantage"
+    for key in ("lam", "vf_coef", "value_clip_range", "normalize_rewards", "value_init")
+}
 
 
 def _require(ok: bool, key: str, value: object, expected: str) -> None:
@@ -12,8 +24,21 @@ def _require(ok: bool, key: str, value: object, expected: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: expected {expected}")
 
 
+def _refuse_the_other_tasks_settings(task: DictConfig) -> None:
+    owner, settings = ("grpo", GRPO_ONLY) if task.name == "ppo" else ("ppo", PPO_ONLY)
+    defaults = TaskConfig()
+    for key, why in settings.items():
+        value, default = (getattr(v, "value", v) for v in (task[key], getattr(defaults, key)))
+        if value != default:
+            raise ConfigError(
+                f"task.{key}={value} is a task={owner} setting that task={task.name} does not "
+                f"use ({why}); remove it"
+            )
+
+
 def validate_rl(cfg: DictConfig) -> None:
     t, r = cfg.task, cfg.reward
+    _refuse_the_other_tasks_settings(t)
     if t.name == "grpo":
         _require(
             t.num_generations >= 2, "task.num_generations", t.num_generations, ">= 2 (a group)"

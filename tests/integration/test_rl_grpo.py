@@ -97,6 +97,9 @@ def test_grpo_checkpoints_every_few_minutes(make_cfg):
         (("task.mini_batches=3",), "task.mini_batches=3"),
         (("distributed=zero3", "reward.fn=x:y"), "frozen reference copy"),
         ((), "needs a reward"),
+        # ppo's settings would be ignored by grpo without a word.
+        (("task.lam=0.9",), "task.lam=0.9 is a task=ppo setting that task=grpo does not use"),
+        (("task.value_init=reward",), "task.value_init=reward is a task=ppo setting"),
     ],
 )
 def test_grpo_refuses_what_cannot_work_at_start_up(make_cfg, overrides, message):

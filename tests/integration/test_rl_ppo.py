@@ -65,6 +65,9 @@ def test_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
         (("task.gamma=0",), "task.gamma=0"),
         (("task.value_clip_range=0",), "task.value_clip_range=0"),
         (("task.num_generations=0",), "task.num_generations=0"),
+        # grpo's settings would be ignored by ppo without a word.
+        (("task.advantage=rloo",), "task.advantage=rloo is a task=grpo setting"),
+        (("task.scale_rewards=false",), "task.scale_rewards=False is a task=grpo setting"),
     ],
 )
 def test_ppo_refuses_what_cannot_work_at_start_up(make_cfg, overrides, message):

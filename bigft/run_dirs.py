@@ -104,6 +104,23 @@ def _causal_check(meta: dict[str, Any], head: str, key: str, source: str) -> Non
         )
 
 
+def check_starting_run(source: str, head: str) -> None:
+    """Refuse a finished run as model.path that no task can start from: a classifier for a
+    causal-LM task, or a prefix-tuning run (nothing to merge). No weights are read, so
+    `bigft-train launcher=slurm` checks it on the submitting host, not the job's rank 0."""
+    output = finished_output(source, key="model.path")
+    if output is None:
+        return
+    meta = read_metadata(output)
+    _causal_check(meta, head, "model.path", source)
+    if meta["kind"] == "adapter" and meta["method"] == "prefix":
+        raise ConfigError(
+            f"model.path={source!r} is a prefix-tuning run: its prefixes are extra keys and "
+            "values, not a change to any weight, so they cannot be merged into a model to "
+            "train on; start from its base (model.path=" + str(meta["base"]) + ")"
+        )
+
+
 def starting_model(
     model_cfg: DictConfig, run_dir: Path, *, head: str, is_main: bool = True
 ) -> DictConfig:
@@ -114,18 +131,11 @@ def starting_model(
     output, e.g. on resume); other ranks must wait for it (a barrier) before loading.
     """
     source = str(model_cfg.path)
+    check_starting_run(source, head)
     output = finished_output(source, key="model.path")
     if output is None:
         return model_cfg
-    meta = read_metadata(output)
-    _causal_check(meta, head, "model.path", source)
-    if meta["kind"] == "adapter":
-        if meta["method"] == "prefix":
-            raise ConfigError(
-                f"model.path={source!r} is a prefix-tuning run: its prefixes are extra keys and "
-                "values, not a change to any weight, so they cannot be merged into a model to "
-                "train on; start from its base (model.path=" + str(meta["base"]) + ")"
-            )
+    if read_metadata(output)["kind"] == "adapter":
         base = Path(run_dir) / BASE_SUBDIR
         if is_main and not _is_merge_of(base, output):
             merge_into(output, base)

@@ -25,7 +25,8 @@ from bigft.data.readers import looks_like_path, read_records
 from bigft.demo.build import ensure_model, needs_building
 from bigft.errors import ConfigError, DataError, exit_on_user_error
 from bigft.models.load import looks_local, resolve_source
-from bigft.run_dirs import finished_output
+from bigft.run_dirs import check_starting_run, finished_output
+from bigft.tasks import TASKS
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +185,7 @@ def _check_model(cfg: DictConfig) -> None:
             return
         # A model bigft builds (the demo base) is built once here, not by racing ranks in the job.
         ensure_model(cfg.model)
+    check_starting_run(str(cfg.model.path), TASKS[str(cfg.task.name)].model_head)
     for key in ("path", "tokenizer"):
         source = cfg.model.get(key)
         # A run directory is checked for a finished model; the job's rank 0 merges an adapter.

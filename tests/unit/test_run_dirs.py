@@ -9,9 +9,10 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from bigft.config import model_dir_name
+from bigft.config import compose_config, model_dir_name
 from bigft.config.schema import ModelConfig
 from bigft.errors import ConfigError
+from bigft.launch.slurm import check_before_submit
 from bigft.outputs import OUTPUT_FILE
 from bigft.plan.shape import hf_config_dict
 from bigft.run_dirs import finished_output, starting_model
@@ -78,6 +79,26 @@ def test_a_classifier_run_is_not_a_causal_lm_to_train(tmp_path):
     output(tmp_path / "run" / "model", kind="model", head="sequence_classification")
     with pytest.raises(ConfigError, match="holds a sequence-classification model"):
         starting_model(model_cfg(tmp_path / "run"), tmp_path / "new", head="causal_lm")
+
+
+@pytest.mark.parametrize(
+    ("meta", "task", "message"),
+    [
+        ({"method": "prefix"}, "sft", "prefix-tuning run"),
+        ({"kind": "model", "head": "sequence_classification"}, "dpo", "sequence-classification"),
+    ],
+)
+def test_slurm_submission_refuses_such_a_run_before_any_job(tmp_path, meta, task, message):
+    """The job's rank 0 would refuse it minutes into the queue; the submitting host does now."""
+    output(tmp_path / "run" / "model", **meta)
+    data = "" if task == "sft" else "data=demo_preferences"
+    overrides = [f"task={task}", data, "launcher=slurm", "launcher.dry_run=true", "model=local"]
+    cfg = compose_config(
+        [o for o in overrides if o]
+        + [f"model.path={tmp_path / 'run'}", f"output_root={tmp_path / 'out'}"]
+    )
+    with pytest.raises(ConfigError, match=message):
+        check_before_submit(cfg)
 
 
 def test_a_full_run_is_loaded_from_its_model_with_its_tokenizer(tmp_path):

@@ -104,13 +104,14 @@ def _causal_check(meta: dict[str, Any], head: str, key: str, source: str) -> Non
         )
 
 
-def check_starting_run(source: str, head: str) -> None:
-    """Refuse a finished run as model.path that no task can start from: a classifier for a
-    causal-LM task, or a prefix-tuning run (nothing to merge). No weights are read, so
-    `bigft-train launcher=slurm` checks it on the submitting host, not the job's rank 0."""
+def check_starting_run(source: str, head: str) -> tuple[Path, dict[str, Any]] | None:
+    """A finished run as model.path: its output directory and metadata, or None for a plain model
+    directory / hub id. Refuses what no task can start from: a classifier for a causal-LM task, or
+    a prefix-tuning run (nothing to merge). No weights are read, so `bigft-train launcher=slurm`
+    checks it on the submitting host, not the job's rank 0."""
     output = finished_output(source, key="model.path")
     if output is None:
-        return
+        return None
     meta = read_metadata(output)
     _causal_check(meta, head, "model.path", source)
     if meta["kind"] == "adapter" and meta["method"] == "prefix":
@@ -119,6 +120,7 @@ def check_starting_run(source: str, head: str) -> None:
             "values, not a change to any weight, so they cannot be merged into a model to "
             "train on; start from its base (model.path=" + str(meta["base"]) + ")"
         )
+    return output, meta
 
 
 def starting_model(
@@ -130,12 +132,11 @@ def starting_model(
     writes the merged model to `<run_dir>/base` (kept when it is already the merge of the same
     output, e.g. on resume); other ranks must wait for it (a barrier) before loading.
     """
-    source = str(model_cfg.path)
-    check_starting_run(source, head)
-    output = finished_output(source, key="model.path")
-    if output is None:
+    run = check_starting_run(str(model_cfg.path), head)
+    if run is None:
         return model_cfg
-    if read_metadata(output)["kind"] == "adapter":
+    output, meta = run
+    if meta["kind"] == "adapter":
         base = Path(run_dir) / BASE_SUBDIR
         if is_main and not _is_merge_of(base, output):
             merge_into(output, base)

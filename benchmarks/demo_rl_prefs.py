@@ -12,7 +12,8 @@ With --junk-as-other-kind it writes instead the bundled rankings (train and held
 to the same directory as preferences_eval.jsonl) with every junk answer (the one the rule grades
 0) replaced by a bare value of another kind: the same rankings, since the rule grades both 0.
 
-    python benchmarks/demo_rl_prefs.py --junk-as-other-kind outputs/ok/preferences_train.jsonl
+    python benchmarks/demo_rl_prefs.py --junk-as-other-kind \
+        outputs/other-kind/preferences_train.jsonl
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ BUNDLED = DEMO_DATA_DIR / "preferences_train.jsonl"
 BUNDLED_EVAL = DEMO_DATA_DIR / "preferences_eval.jsonl"
 
 
+def other_kind_values(attr: str) -> list[str]:
+    """The bare values that answer another question than one about `attr`."""
+    return [v for a, values in ATTRIBUTES.items() if a != attr for v in values]
+
+
 def with_wrong_kinds(records: list[dict], rng: random.Random) -> list[dict]:
     out = list(records)
     for r in records:
@@ -38,7 +44,7 @@ def with_wrong_kinds(records: list[dict], rng: random.Random) -> list[dict]:
         name, attr = asked(prompt)
         right = world()[name][attr]
         wrong = rng.choice([v for v in ATTRIBUTES[attr] if v != right])
-        other = rng.choice([v for a, vals in ATTRIBUTES.items() if a != attr for v in vals])
+        other = rng.choice(other_kind_values(attr))
         sentence = rng.choice(PROSE[attr]).format(n=name, v=right, V=right.capitalize())
         responses = [sentence, right, wrong, other]
         rng.shuffle(responses)
@@ -53,9 +59,9 @@ def junk_as_other_kind(records: list[dict], rng: random.Random) -> list[dict]:
     out = []
     for r in records:
         _, attr = asked(r["prompt"])
-        others = [v for a, vals in ATTRIBUTES.items() if a != attr for v in vals]
         responses = [
-            rng.choice(others) if score(r["prompt"], x) == 0 else x for x in r["responses"]
+            rng.choice(other_kind_values(attr)) if score(r["prompt"], x) == 0 else x
+            for x in r["responses"]
         ]
         out.append({**r, "responses": responses})
     return out

@@ -5,8 +5,8 @@
 For each of the 240 held-out questions (prompts_eval.jsonl) it scores the 24 bare values of the
 demo world and prints, per reward model: how often its favourite value is of the kind asked, how
 often it orders a value of the kind asked above one of another kind, and how often the right value
-above a wrong one of the kind asked. The first two are the form of an answer; the last is the facts.
-A policy optimised against the model can only learn what these say it knows (results/demo_rl.md).
+above a wrong one of the kind asked. The first two are the form of an answer; the last is the facts:
+what RL against the model can be taught about each (results/demo_rl.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from bigft.demo.world import ATTRIBUTES
 from bigft.rl.reward_model import RewardModelScorer
 
 VALUES = [(attr, value) for attr, values in ATTRIBUTES.items() for value in values]
+WORDS = [value for _, value in VALUES]
 
 
 def held_out_prompts() -> list[str]:
@@ -38,7 +39,7 @@ def probe(run: str) -> dict[str, float]:
     prompts = held_out_prompts()
     for prompt in prompts:
         name, attr = asked(prompt)
-        rewards = scorer.score([prompt] * len(VALUES), [v for _, v in VALUES]).tolist()
+        rewards = scorer.score([prompt] * len(WORDS), WORDS).tolist()
         scores = dict(zip(VALUES, rewards, strict=True))
         favourite += max(scores, key=scores.get)[0] == attr
         asked_kind = [s for (a, _), s in scores.items() if a == attr]

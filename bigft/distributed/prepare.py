@@ -44,12 +44,14 @@ def main() -> None:
     if builder is None or not builder.is_compatible():
         print("bigft: no shared-memory op for this platform; DeepSpeed falls back to gloo")
         return
-    extensions_dir = os.environ.get("TORCH_EXTENSIONS_DIR")  # set by `import bigft` in a venv
-    if extensions_dir:
-        for lock in remove_stale_locks(Path(extensions_dir)):
-            print(f"bigft: removed {lock}, left by a build that was killed")
+    from torch.utils.cpp_extension import get_default_build_root
+
+    # Where torch builds: the venv's directory `import bigft` set, else torch's own default.
+    extensions_dir = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())
+    for lock in remove_stale_locks(extensions_dir):
+        print(f"bigft: removed {lock}, left by a build that was killed")
     builder.load()
-    print(f"bigft: DeepSpeed's CPU shared-memory op is built (in {extensions_dir or '~/.cache'})")
+    print(f"bigft: DeepSpeed's CPU shared-memory op is built (in {extensions_dir})")
 
 
 if __name__ == "__main__":

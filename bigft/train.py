@@ -98,6 +98,32 @@ def sharded_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
         unset_hf_deepspeed_config()
 
 
+def load_initial_model(
+    cfg: DictConfig,
+    model_cfg: DictConfig,
+    task: Any,
+    tokenizer: Any,
+    env: DistEnv,
+    precision: str,
+    ds_config: dict[str, Any] | None,
+) -> torch.nn.Module:
+    """The starting model as the run loads it, before its method: the policy, and under ZeRO-3
+    the RL reference too (a second copy, partitioned like the first)."""
+    # Weights are placed at load time (a 4-bit base is quantized straight onto its GPU), except
+    # under ZeRO-3, where DeepSpeed places the shards it builds.
+    on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
+    with sharded_loading(ds_config):
+        return load_model(
+            model_cfg,
+            cfg.method,
+            task.model_head,
+            task.num_labels,
+            tokenizer,
+            device=on_gpu,
+            dtype=load_dtype(precision, cfg.model.dtype, cfg.method.name),
+        )
+
+
 def save_outputs(
     cfg: DictConfig, engine: Engine, tokenizer: Any, run_dir: Path, env: DistEnv, base_path: str
 ):
@@ -187,20 +213,10 @@ def _train(
 
     tokenizer = load_tokenizer(model_cfg)
     task = build_task(cfg.task, tokenizer)
-    # Weights are placed at load time (a 4-bit base is quantized straight onto its GPU), except
-    # under ZeRO-3, where DeepSpeed places the shards it builds.
-    on_gpu = env.device if env.device.type == "cuda" and zero_stage(ds_config) < 3 else None
-    with sharded_loading(ds_config):
-        model = load_model(
-            model_cfg,
-            cfg.method,
-            task.model_head,
-            task.num_labels,
-            tokenizer,
-            device=on_gpu,
-            dtype=load_dtype(precision, cfg.model.dtype, cfg.method.name),
-        )
-    model = apply_method(model, cfg.method, task.model_head)
+    load_initial = functools.partial(
+        load_initial_model, cfg, model_cfg, task, tokenizer, env, precision, ds_config
+    )
+    model = apply_method(load_initial(), cfg.method, task.model_head)
     bf16_update = apply_precision(
         model, cfg, precision, deepspeed=ds_config is not None, announce=env.is_main
     )
@@ -228,7 +244,13 @@ def _train(
             bf16_update=bf16_update,
         )  # fmt: skip
     if cfg.task.name in RL_LOOPS:
-        reference = reference_context(cfg.method.name, model, float(cfg.task.kl_coef))
+        reference = reference_context(
+            cfg.method.name,
+            model,
+            float(cfg.task.kl_coef),
+            ds_config=ds_config,
+            load_initial=load_initial,
+        )
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm

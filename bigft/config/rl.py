@@ -73,17 +73,6 @@ def validate_rl(cfg: DictConfig) -> None:
             f"method=prefix with task={t.name}: peft passes the prefix as the KV cache, which "
             "rollouts need for generation; use method=lora"
         )
-    if (
-        cfg.method.name in ("full", "freeze")
-        and t.kl_coef > 0
-        and str(cfg.distributed.name).startswith("zero3")
-    ):
-        raise ConfigError(
-            f"method={cfg.method.name} with task={t.name} under distributed=zero3 and "
-            f"task.kl_coef={t.kl_coef}: the frozen reference copy of a sharded model is not "
-            "built yet; use method=lora (the reference is the policy with adapters disabled), "
-            "distributed=zero2, or task.kl_coef=0"
-        )
 
 
 def _validate_ppo(cfg: DictConfig) -> None:

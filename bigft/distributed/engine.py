@@ -177,3 +177,32 @@ def build_engine(
     if ds_config is not None:
         return DeepSpeedEngine(model, optimizer, env, ds_config)
     return PlainEngine(model, optimizer, env, max_grad_norm)
+
+
+def frozen_sharded(model: torch.nn.Module, ds_config: dict[str, Any]) -> Any:
+    """A DeepSpeed engine around `model` (built partitioned, under ZeRO-3), frozen, with no
+    optimizer: its module's forward gathers each layer's shards from all ranks and frees them
+    after, like the policy's. Keep the engine: when it is collected it removes those hooks.
+
+    Collective: every rank calls it, and every rank must then run the same forwards."""
+    import deepspeed
+
+    model.eval().requires_grad_(False)
+    engine, _, _, _ = deepspeed.initialize(model=model, config=inference_config(ds_config))
+    engine.module.eval()
+    return engine
+
+
+def inference_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """The run's DeepSpeed config (same stage, precision and parameter offload) without what
+    only a trained model needs: no optimizer, scheduler or optimizer-state offload."""
+    config = {k: v for k, v in ds_config.items() if k not in ("optimizer", "scheduler")}
+    zero = dict(config.get("zero_optimization") or {})
+    zero.pop("offload_optimizer", None)
+    config["zero_optimization"] = zero
+    return config
+
+
+def weights_held_here(model: torch.nn.Module) -> int:
+    """How many of `model`'s weights this rank holds: its partitions under ZeRO-3."""
+    return sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())

@@ -1,7 +1,9 @@
 """What task=grpo needs besides the model: reward sources from `reward:`, the reference, samples.
 
 Reference: under lora/qlora the policy with its adapters disabled (no second model in memory);
-under full fine-tuning a frozen copy of the initial policy, taken once before training starts.
+under full fine-tuning a frozen copy of the initial policy, taken once before training starts
+(under ZeRO-3 a second sharded model loaded from the same source, as no rank holds the policy
+whole to copy it).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +19,14 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from bigft.distributed.deepspeed_config import zero_stage
+from bigft.distributed.engine import frozen_sharded, weights_held_here
+from bigft.methods.params import count_parameters
 from bigft.rl.reward_model import RewardModelScorer
 from bigft.rl.rewards import FunctionReward, RewardSum
 from bigft.tasks.dpo import peft_model_of
+
+log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 
@@ -47,28 +55,24 @@ def build_rewards(cfg: DictConfig, device: torch.device) -> RewardSum:
 
 
 def reference_context(
-    method: str, policy: torch.nn.Module, kl_coef: float
+    method: str,
+    policy: torch.nn.Module,
+    kl_coef: float,
+    *,
+    ds_config: dict[str, Any] | None = None,
+    load_initial: Callable[[], torch.nn.Module] | None = None,
 ) -> ReferenceContext | None:
     """A context manager factory giving the reference model, or None when kl_coef is 0.
 
     Called before the engine wraps the policy: the frozen copy must be of the initial weights.
+    Under ZeRO-3 (`ds_config`) `load_initial` loads the starting model again, as the policy was.
     """
     if kl_coef == 0:
         return None
     if method in ("lora", "qlora"):
-        model = peft_model_of(policy)
-
-        @contextlib.contextmanager
-        def disabled() -> Iterator[torch.nn.Module]:
-            trainable = [p for p in model.parameters() if p.requires_grad]
-            with model.disable_adapter():
-                yield model
-            # peft re-enables the adapters through set_adapter(active), which freezes every
-            # inactive adapter: ppo's value adapter trains in the same steps as the policy's.
-            for param in trainable:
-                param.requires_grad_(True)
-
-        return disabled
+        return _adapters_disabled(peft_model_of(policy))
+    if zero_stage(ds_config) >= 3:
+        return _sharded_copy(load_initial, ds_config)
     frozen = copy.deepcopy(policy).eval().requires_grad_(False)
 
     @contextlib.contextmanager
@@ -76,6 +80,52 @@ def reference_context(
         yield frozen
 
     return copy_of_initial
+
+
+def _sharded_copy(
+    load_initial: Callable[[], torch.nn.Module] | None, ds_config: dict[str, Any]
+) -> ReferenceContext:
+    """ZeRO-3 partitioned the policy at load, so no rank can copy it: loading the same source
+    again gives the same initial weights, partitioned too (1/N of them per rank, no optimizer
+    state). Collective: every rank loads it, and runs the same reference forwards."""
+    if load_initial is None:
+        raise ValueError("a sharded reference needs load_initial, the policy's loader")
+    # The random stream the run's training draws from is left where the policy's load left it.
+    with torch.random.fork_rng(devices=_cuda_devices()):
+        engine = frozen_sharded(load_initial(), ds_config)
+    _, total = count_parameters(engine.module)
+    log.info(
+        "reference: a second copy of the initial model, frozen, sharded by ZeRO-3: %d of its "
+        "%d weights on this rank, no optimizer state",
+        weights_held_here(engine.module),
+        total,
+    )
+
+    @contextlib.contextmanager
+    def sharded_initial() -> Iterator[torch.nn.Module]:
+        # Through the engine, which this closure keeps alive: collected, it would remove the
+        # hooks that gather the shards.
+        yield engine.module
+
+    return sharded_initial
+
+
+def _cuda_devices() -> list[int]:
+    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
+
+
+def _adapters_disabled(model: Any) -> ReferenceContext:
+    @contextlib.contextmanager
+    def disabled() -> Iterator[torch.nn.Module]:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        with model.disable_adapter():
+            yield model
+        # peft re-enables the adapters through set_adapter(active), which freezes every
+        # inactive adapter: ppo's value adapter trains in the same steps as the policy's.
+        for param in trainable:
+            param.requires_grad_(True)
+
+    return disabled
 
 
 def write_samples(run_dir: Path, step: int, rows: list[dict[str, Any]]) -> None:

@@ -95,7 +95,6 @@ def test_grpo_checkpoints_every_few_minutes(make_cfg):
         (("method=prefix",), "method=prefix with task=grpo"),
         (("task.num_generations=1",), "task.num_generations=1"),
         (("task.mini_batches=3",), "task.mini_batches=3"),
-        (("distributed=zero3", "reward.fn=x:y"), "frozen reference copy"),
         ((), "needs a reward"),
         # ppo's settings would be ignored by grpo without a word.
         (("task.lam=0.9",), "task.lam=0.9 is a task=ppo setting that task=grpo does not use"),

@@ -283,6 +283,12 @@ def test_grpo_plans_the_rollout_phase_kv_cache_and_reference():
     full = check_fits(compose_config([*grpo, "method=full", "distributed=zero2"]))
     assert full.rollout.reference / GIB == pytest.approx(6.74e9 * 2 / GIB, rel=0.01)
     assert "frozen reference copy" in full.render()
+    # Under ZeRO-3 the reference is a second model sharded like the policy: 1/8 per GPU.
+    sharded = check_fits(
+        compose_config([*grpo, "method=full", "distributed=zero3", "launcher.nproc_per_node=8"])
+    )
+    assert sharded.rollout.reference == pytest.approx(full.rollout.reference / 8)
+    assert "(its 1/8 ZeRO-3 shard)" in sharded.render()
     b = lora.breakdown
     assert lora.rollout.peak(b) == b.weights + b.trainable + b.optimizer + lora.rollout.kv_cache
     # The verdict prints the run's peak, which the fit decision uses: under ZeRO-3 on 8 GPUs the

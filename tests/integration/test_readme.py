@@ -161,6 +161,9 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "prompts.jsonl": _copy_task_data("grpo"),
     "sft.jsonl": _write_jsonl(_sft_rows()),  # the red-team loop's export
     "preferences.jsonl": _copy_task_data("dpo"),  # the red-team loop's dpo export
+    # The RL demo's rankings of the policy's own answers (bigft.demo.policy_rankings).
+    "preferences_train.jsonl": _copy_task_data("reward"),
+    "preferences_eval.jsonl": _copy_task_data("reward"),
     # A red-team pipeline's people's attacks and template fillers: the demo world's.
     "attacks.jsonl": _copy_demo_data("redteam_attacks.jsonl"),
     "requests.jsonl": _copy_demo_data("redteam_fillers.jsonl"),

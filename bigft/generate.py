@@ -37,6 +37,10 @@ from bigft.run_dirs import output_dir_of
 
 log = logging.getLogger("bigft")
 
+# The tasks that format a prompt as sft does (the chat template, or task.prompt_template): a
+# dpo or RL run answers in the format its sft run learnt.
+PROMPTED_TASKS = ("sft", "dpo", "grpo", "ppo")
+
 # A request is a raw prompt (str) or the fields of an sft record to format (dict).
 Request = str | dict[str, Any]
 REQUEST_KEYS = ("prompt", "prompts_file", "instruction", "messages")
@@ -133,11 +137,13 @@ def run_task(run_dir: Path, source: Path) -> DictConfig:
             f"run={str(run_dir)!r} has no {CONFIG_FILE}, which says how the run formatted its "
             'prompts: point run= at the run directory, or give the raw text with prompt="..."'
         )
-    if task is None or str(task.get("name")) != "sft":
+    if task is None or str(task.get("name")) not in PROMPTED_TASKS:
         name = None if task is None else task.get("name")
         raise ConfigError(
             f"run={str(run_dir)!r} was trained with task={name}, which has no prompt format: "
-            'instruction= and messages= need an sft run; give the raw text with prompt="..."'
+            "instruction= and messages= need a run of task="
+            + "|".join(PROMPTED_TASKS)
+            + '; give the raw text with prompt="..."'
         )
     return OmegaConf.merge(OmegaConf.structured(TaskConfig), task)
 

@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bigft.demo.policy_rankings", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("run", type=Path, help="a finished sft run of the demo (its run directory)")
+    parser.add_argument("run", type=Path, help="a finished sft (or dpo, grpo, ppo) run of the demo")
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--samples", type=int, default=SAMPLES, help="answers sampled per question")
     parser.add_argument("--seed", type=int, default=0)

@@ -276,6 +276,13 @@ def test_formatting_needs_the_runs_sft_config(tmp_path, lora_run):
     with pytest.raises(ConfigError, match="trained with task=lm"):
         generate(bare, [{"instruction": "x"}])
     assert generate(bare, ["raw text needs no config"], max_new_tokens=1)
+    # An RL (or dpo) run formats its prompts as sft does: its own template, as it trained.
+    (bare / "config.yaml").write_text(
+        "task:\n  name: grpo\n  prompt_template: 'Q: {instruction} A:'\n"
+    )
+    shown = []
+    generate(bare, [{"instruction": "x"}], max_new_tokens=1, shown=shown)
+    assert shown == ["Q: x A:"]
 
 
 @pytest.mark.parametrize(

@@ -4,9 +4,9 @@ Loads `<run>/model` (an adapter on its base, or a full model), or `<run>/merged`
 merged=true, and prints each prompt with its completion. What to ask, exactly one of:
 
 - `instruction="..."` (with `input="..."` optionally) or `messages=[{role: user, content: "..."}]`:
-  formatted as the run's sft task formatted its training prompts (its chat template, or its
-  `task.prompt_template`, read from `<run>/config.yaml`), so the tuned model sees what it learnt
-  to answer without the user knowing the template;
+  formatted as the run's task formatted its training prompts (sft, dpo, grpo or ppo: its chat
+  template, or its `task.prompt_template`, read from `<run>/config.yaml`), so the tuned model
+  sees what it learnt to answer without the user knowing the template;
 - `prompt="..."`: raw text, given to the model as it is (no escapes are interpreted: a `\\n`
   typed in the shell stays two characters, see README for real newlines);
 - `prompts_file=...`: one raw prompt per line, or JSONL records with a "prompt" (raw), an

@@ -6,15 +6,20 @@ rankings (reviewers.py) rank hand-made candidates instead, which never include t
 model's commonest mistake (a value of another kind, "roots" to "What color is the brafu?"), and a
 reward model trained on them is hacked by RL (README, "Reinforcement learning in the demo world").
 
-    python -m bigft.demo.policy_rankings outputs/demo-sft-40 outputs/demo-sft-40-rankings
+    python -m bigft.demo.policy_rankings outputs/demo-sft-40 outputs/demo-rankings
 
 samples `--samples` answers (temperature 1, as RL's rollouts do) to each demo question, formatted
-as the run's sft task formatted its prompts, and writes to the output directory:
+as the run formatted its prompts (an sft run, or a dpo / grpo / ppo run: the same template), and
+writes, named after the run:
 
-- preferences_train.jsonl: the training questions (prompts_train.jsonl), each with its distinct
+- <out>/train/<run>.jsonl: the training questions (prompts_train.jsonl), each with its distinct
   answers ranked by the five noisy reviewers ({prompt, responses, rankings}, as the bundled file);
-- preferences_eval.jsonl: the held-out questions, answers in the hidden rule's order (held-out
+- <out>/eval/<run>.jsonl: the held-out questions, answers in the hidden rule's order (held-out
   accuracy against the truth, on the answers this policy gives).
+
+Rounds of RLHF, as Anthropic's and Llama 2's were run: rank the RL policy's answers into the same
+directory, and train the next reward model on every round's rankings (`data.train=<out>/train`,
+a directory of files) so that it learns to judge the answers RL has moved the policy to.
 
 Two answers the rule grades alike would be a tie, which makes no pair: one answer per grade is
 kept, and a question whose answers all have one grade is left out.
@@ -104,23 +109,24 @@ def demo_questions(file_name: str, limit: int | None = None) -> list[str]:
 def write_rankings(
     run_dir: Path, out_dir: Path, *, samples: int = SAMPLES, seed: int = 0, limit: int | None = None
 ) -> dict[str, int]:
-    """Write both files; returns how many ranked questions each holds."""
+    """Write <out_dir>/{train,eval}/<run name>.jsonl; returns each file and its question count."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     policy = Policy(Path(run_dir))
-    out_dir.mkdir(parents=True, exist_ok=True)
     counts = {}
-    for name, prompts, reviewers in (
-        ("preferences_train.jsonl", "prompts_train.jsonl", REVIEWERS),
-        ("preferences_eval.jsonl", "prompts_eval.jsonl", 0),
+    for part, prompts, reviewers in (
+        ("train", "prompts_train.jsonl", REVIEWERS),
+        ("eval", "prompts_eval.jsonl", 0),
     ):
         records = [
             ranked(q, policy.sample(q, samples), rng, reviewers)
             for q in demo_questions(prompts, limit)
         ]
         rows = [r for r in records if r is not None]
-        (out_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        counts[name] = len(rows)
+        path = out_dir / part / f"{Path(run_dir).resolve().name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        counts[path] = len(rows)
     return counts
 
 
@@ -138,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
     counts = write_rankings(
         args.run, args.out_dir, samples=args.samples, seed=args.seed, limit=args.limit
     )
-    for name, count in counts.items():
-        print(f"{args.out_dir / name}: {count} ranked questions")
+    for path, count in counts.items():
+        print(f"{path}: {count} ranked questions")
 
 
 if __name__ == "__main__":

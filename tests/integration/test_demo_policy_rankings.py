@@ -6,6 +6,7 @@ Whether RL against that reward model raises the truth is measured in benchmarks/
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +26,11 @@ def test_the_policys_answers_ranked_train_a_reward_model(tmp_path, demo_sft40, c
     out = tmp_path / "rankings"
     main([str(sft_run), str(out), "--limit", "30"])
     assert "ranked questions" in capsys.readouterr().out
-    train_rows = read(out / "preferences_train.jsonl")
-    eval_rows = read(out / "preferences_eval.jsonl")
+    name = Path(sft_run).name
+    train_rows, eval_rows = (
+        read(out / "train" / f"{name}.jsonl"),
+        read(out / "eval" / f"{name}.jsonl"),
+    )
     assert len(train_rows) >= 15 and len(eval_rows) >= 15
     for row in train_rows + eval_rows:
         grades = [score(row["prompt"], r) for r in row["responses"]]
@@ -49,8 +53,8 @@ def test_the_policys_answers_ranked_train_a_reward_model(tmp_path, demo_sft40, c
             "experiment=demo_reward",
             f"model.path={sft_run}",
             "model=local",
-            f"data.train={out / 'preferences_train.jsonl'}",
-            f"data.eval={out / 'preferences_eval.jsonl'}",
+            f"data.train={out / 'train'}",  # every round's rankings: one round here
+            f"data.eval={out / 'eval' / f'{name}.jsonl'}",
             "trainer.max_steps=2",
             f"output_root={tmp_path / 'outputs'}",
             f"cache_dir={cache_dir}",

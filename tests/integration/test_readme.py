@@ -149,6 +149,16 @@ def _copy_task_data(task: str) -> Callable[[Path], None]:
     return write
 
 
+def _task_data_dir(task: str) -> Callable[[Path], None]:
+    """A directory of data files (data.train=<dir> reads them all): one file here."""
+
+    def write(path: Path) -> None:
+        path.mkdir()
+        _copy_task_data(task)(path / f"{task}.jsonl")
+
+    return write
+
+
 # The README's data files, by name: a small file of the format the command expects.
 DATA_FILES: dict[str, Callable[[Path], None]] = {
     "train.jsonl": _write_jsonl(_sft_rows()),
@@ -161,9 +171,10 @@ DATA_FILES: dict[str, Callable[[Path], None]] = {
     "prompts.jsonl": _copy_task_data("grpo"),
     "sft.jsonl": _write_jsonl(_sft_rows()),  # the red-team loop's export
     "preferences.jsonl": _copy_task_data("dpo"),  # the red-team loop's dpo export
-    # The RL demo's rankings of the policy's own answers (bigft.demo.policy_rankings).
-    "preferences_train.jsonl": _copy_task_data("reward"),
-    "preferences_eval.jsonl": _copy_task_data("reward"),
+    # The RL demo's rankings of its policies' own answers (bigft.demo.policy_rankings): a
+    # directory of every round's, for training and for evaluation.
+    "train": _task_data_dir("reward"),
+    "eval": _task_data_dir("reward"),
     # A red-team pipeline's people's attacks and template fillers: the demo world's.
     "attacks.jsonl": _copy_demo_data("redteam_attacks.jsonl"),
     "requests.jsonl": _copy_demo_data("redteam_fillers.jsonl"),

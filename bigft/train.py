@@ -241,7 +241,7 @@ def _train(
     if cfg.task.name == "ppo":
         values = build_values(
             cfg, policy=model, tokenizer=tokenizer, env=env, total_steps=steps,
-            bf16_update=bf16_update,
+            bf16_update=bf16_update, ds_config=ds_config,
         )  # fmt: skip
     if cfg.task.name in RL_LOOPS:
         reference = reference_context(

@@ -96,11 +96,14 @@ def _validate_ppo(cfg: DictConfig) -> None:
 def _validate_separate_value(cfg: DictConfig) -> None:
     """method=full|freeze: the value model is a model of its own, trained beside the policy."""
     t, method = cfg.task, cfg.method.name
-    if cfg.distributed.deepspeed:
+    ds = cfg.distributed.deepspeed
+    if ds and int((ds.get("zero_optimization") or {}).get("stage", 0)) >= 3:
+        # ZeRO-1/2 give the value model a DeepSpeed engine of its own (value_model.py).
         raise ConfigError(
-            f"method={method} with task=ppo under distributed={cfg.distributed.name}: the "
-            "separate value model would need a second DeepSpeed engine, which is not built; use "
-            "distributed=ddp (or single), or method=lora (the value model is an adapter)"
+            f"method={method} with task=ppo under distributed={cfg.distributed.name}: ZeRO-3 "
+            "partitions the policy as it loads, so no rank holds its decoder whole to copy as the "
+            "value model, and loading it again as a second trained sharded engine is not built; "
+            "use distributed=zero2 (or zero1, ddp), or method=lora (the value model is an adapter)"
         )
     if t.value_init == "reward" and not cfg.reward.model:
         raise ConfigError(

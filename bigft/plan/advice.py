@@ -62,7 +62,7 @@ def _checkpointing(s: Setup) -> Change | None:
 def _zero(s: Setup) -> Change | None:
     if s.world_size == 1 or s.zero_stage == 3 or (s.method == "qlora" and s.zero_stage > 0):
         return None
-    if s.value_model:  # full/freeze ppo's separate value model is refused under DeepSpeed
+    if s.value_model:  # full/freeze ppo's separate value model is refused under ZeRO-3
         return None
     overrides = ["distributed=zero3"]
     if s.method == "qlora":  # ZeRO-3 shards the 4-bit base only in the compute dtype

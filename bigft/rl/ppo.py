@@ -164,7 +164,8 @@ class PPOLoop(RLLoop):
                 "value_clipped": terms.stats["value_clipped"],
             },
         )
-        return float(t.vf_coef) * terms.loss_sum
+        # A value model with an engine of its own runs its backward here (value_model.py).
+        return self.values.backward(float(t.vf_coef) * terms.loss_sum, units)
 
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         stack = contextlib.ExitStack()

@@ -10,6 +10,13 @@ same backward. A run then holds four models: policy, value, frozen reference and
 The value model trains what the method trains in the policy (method=freeze: the same blocks; its
 head always trains), is wrapped for DDP like the policy, and its weights, optimizer and schedule
 ride in every checkpoint (value.safetensors, value_optimizer.pt, value_scheduler.pt).
+
+Under DeepSpeed ZeRO-1/2 it is a DeepSpeed engine of its own (the run's config: same stage,
+precision, clipping), as DeepSpeed-Chat's and OpenRLHF's critics are: each engine runs the
+backward of its own part of the loss (they share no parameter), so the value loss goes through
+the value engine's backward and the policy loss through the policy's, the same gradients the one
+DDP backward gives. Its ZeRO shards are saved by DeepSpeed in the checkpoint's value/ folder, its
+schedule in value_scheduler.pt. (ZeRO-3 is refused at start-up: config/rl.py says why.)
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from bigft.distributed.engine import PlainEngine
+from bigft.distributed.engine import DeepSpeedEngine, Engine, build_engine
 from bigft.distributed.env import DistEnv
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.errors import ConfigError
@@ -40,11 +47,16 @@ from bigft.rl.value import (
 VALUE_FILE = "value.safetensors"
 VALUE_OPTIMIZER_FILE = "value_optimizer.pt"
 VALUE_SCHEDULER_FILE = "value_scheduler.pt"
+VALUE_DIR = "value"  # under DeepSpeed: the value engine's own ZeRO checkpoint
 
 
 class Values(Protocol):
     def values(self, rollout: Rollout) -> torch.Tensor: ...  # V [rows, response_len], grad
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager: ...
+    # The value part of a micro-batch's loss → what to add to the policy's loss: the part
+    # itself (one backward reaches both), or, for an engine of its own, its value after that
+    # engine's own backward (`units`: the policy's divisor, so both losses are scaled alike).
+    def backward(self, value_loss: torch.Tensor, units: float) -> torch.Tensor: ...
     def step(self) -> float | None: ...  # after the policy's update: the grad norm, if own
     def schedule(self) -> None: ...  # after the policy's schedule steps
     def parameters(self) -> list[torch.nn.Parameter]: ...  # trainable, beyond the policy's
@@ -63,6 +75,9 @@ class AdapterValues:
 
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
+
+    def backward(self, value_loss: torch.Tensor, units: float) -> torch.Tensor:
+        return value_loss  # the adapter and head are the policy engine's: its backward
 
     def step(self) -> float | None:
         return None
@@ -105,11 +120,13 @@ class ValueModel(torch.nn.Module):
 
 
 class SeparateValues:
-    """method=full|freeze: a ValueModel with its own engine (DDP when distributed) and schedule."""
+    """method=full|freeze: a ValueModel with its own engine (DDP or DeepSpeed) and schedule."""
 
-    def __init__(self, engine: PlainEngine, scheduler: Any) -> None:
+    def __init__(self, engine: Engine, scheduler: Any) -> None:
         self.engine = engine
         self.scheduler = scheduler
+        # A DeepSpeed engine runs its own backward; DDP's gradients come from the policy's.
+        self.own_backward = isinstance(engine, DeepSpeedEngine)
 
     def values(self, rollout: Rollout) -> torch.Tensor:
         width = rollout.response_ids.shape[1]
@@ -118,10 +135,18 @@ class SeparateValues:
     def micro_batch(self, last: bool) -> contextlib.AbstractContextManager:
         return self.engine.micro_batch(last)
 
+    def backward(self, value_loss: torch.Tensor, units: float) -> torch.Tensor:
+        if not self.own_backward:
+            return value_loss
+        # DeepSpeed: a backward through the value engine alone, divided as the policy's loss
+        # is; the policy's backward then gets its value only (for the logged loss).
+        self.engine.backward(value_loss / max(units, 1.0))
+        return value_loss.detach()
+
     def step(self) -> float | None:
-        # The value loss reached these gradients through the policy engine's backward, already
-        # scaled by the world size that DDP's average takes back out. A non-finite norm skips
-        # this update alone, as the policy engine's does.
+        # The value loss reached these gradients through the policy engine's backward (or the
+        # value engine's own), already scaled by the world size that DDP's (DeepSpeed's)
+        # average takes back out. A non-finite norm skips this update alone, as the policy's.
         return self.engine.step()[1]
 
     def schedule(self) -> None:
@@ -131,16 +156,40 @@ class SeparateValues:
         return [p for p in self.engine.module.parameters() if p.requires_grad]
 
     def save(self, path: Path, is_main: bool) -> None:
+        if self.own_backward:
+            self._save_sharded(path, is_main)
+            return
         if is_main:  # every DDP replica holds the same weights and optimizer state
             save_file(trainable_state_dict(self.engine.module), path / VALUE_FILE)
             torch.save(self.engine.optimizer.state_dict(), path / VALUE_OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), path / VALUE_SCHEDULER_FILE)
 
+    def _save_sharded(self, path: Path, is_main: bool) -> None:
+        # Collective: every rank writes its ZeRO shard (weights and optimizer state).
+        (path / VALUE_DIR).mkdir(exist_ok=True)
+        self.engine.save_sharded(path / VALUE_DIR)
+        if is_main:
+            torch.save(self.scheduler.state_dict(), path / VALUE_SCHEDULER_FILE)
+
     def load(self, path: Path) -> None:
+        if self.own_backward:
+            self._load_sharded(path)
+            return
         load_trainable_state_dict(self.engine.module, load_file(path / VALUE_FILE))
         self.engine.optimizer.load_state_dict(
             torch.load(path / VALUE_OPTIMIZER_FILE, weights_only=True)
         )
+        self.scheduler.load_state_dict(torch.load(path / VALUE_SCHEDULER_FILE, weights_only=True))
+
+    def _load_sharded(self, path: Path) -> None:
+        if self.engine.engine.load_universal_checkpoint():
+            # The policy's shards were converted for the new world size, the value's are not.
+            raise ConfigError(
+                "resuming task=ppo's value model under DeepSpeed on another number of ranks "
+                "than wrote the checkpoint is not supported: its ZeRO shards only load at the "
+                "world size that saved them; resume on that many ranks"
+            )
+        self.engine.load_sharded(path / VALUE_DIR)
         self.scheduler.load_state_dict(torch.load(path / VALUE_SCHEDULER_FILE, weights_only=True))
 
 
@@ -199,11 +248,13 @@ def build_values(
     env: DistEnv,
     total_steps: int,
     bf16_update: str,
+    ds_config: dict[str, Any] | None = None,
 ) -> Values:
     """The value model task=ppo trains with this method (see the module's docstring).
 
     Called before the policy's optimizer and engine are built: under lora/qlora the value adapter
     and head are added to `policy` itself, so that they train, checkpoint and shard with it.
+    With `ds_config` (ZeRO-1/2) the separate value model gets a DeepSpeed engine of its own.
     """
     if cfg.method.name in ("lora", "qlora"):
         attach_value_adapter(policy)
@@ -213,5 +264,8 @@ def build_values(
     else:
         model = value_from_policy(policy)
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
-    engine = PlainEngine(model, optimizer, env, cfg.optim.max_grad_norm)
+    engine = build_engine(
+        model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
+    )
+    # As the policy's: DeepSpeed steps bigft's optimizer with the lr this schedule sets.
     return SeparateValues(engine, build_scheduler(optimizer, cfg.optim, total_steps))

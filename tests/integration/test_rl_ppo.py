@@ -56,10 +56,10 @@ def test_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     ("overrides", "message"),
     [
         (("method=prefix",), "method=prefix with task=ppo"),
-        (("method=full", "distributed=zero2"), "method=full with task=ppo under distributed=zero2"),
-        (("method=freeze", "distributed=zero1"), "method=freeze with task=ppo under distributed"),
-        # Under ZeRO-3 the reference is built (a second sharded copy), the value model is not.
+        # ZeRO-1/2 give the value model an engine of its own; under ZeRO-3 the reference is
+        # built (a second sharded copy), the value model is not.
         (("method=full", "distributed=zero3"), "method=full with task=ppo under distributed=zero3"),
+        (("method=freeze", "distributed=zero3_offload"), "ZeRO-3 partitions the policy"),
         (("method=full", "task.value_init=reward"), "task.value_init=reward needs reward.model"),
         (("task.value_init=reward",), "task.value_init=reward with method=lora"),
         (("task.kl_in=loss",), "task.kl_in"),

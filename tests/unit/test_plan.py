@@ -345,7 +345,7 @@ def test_full_ppo_plans_a_separate_value_model_beside_the_policy():
     assert ends[0] > 1.5 * ends[1]
     assert ppo.rollout.reference == grpo.rollout.reference > 0
     assert "value model: a separate copy" in ppo.render()
-    # It does not fit one 80 GB GPU; DeepSpeed, refused for full ppo, is never the advice.
+    # It does not fit one 80 GB GPU; ZeRO-3 (the advice for others), refused for full ppo, is not.
     assert not ppo.fits and grpo.suggestions
     assert any("zero3" in o for c, _ in grpo.suggestions for o in c.overrides)
     assert not any("zero" in o for c, _ in ppo.suggestions for o in c.overrides)

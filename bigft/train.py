@@ -216,7 +216,11 @@ def _train(
     load_initial = functools.partial(
         load_initial_model, cfg, model_cfg, task, tokenizer, env, precision, ds_config
     )
-    model = apply_method(load_initial(), cfg.method, task.model_head)
+
+    def load_policy() -> torch.nn.Module:
+        return apply_method(load_initial(), cfg.method, task.model_head)
+
+    model = load_policy()
     bf16_update = apply_precision(
         model, cfg, precision, deepspeed=ds_config is not None, announce=env.is_main
     )
@@ -241,7 +245,7 @@ def _train(
     if cfg.task.name == "ppo":
         values = build_values(
             cfg, policy=model, tokenizer=tokenizer, env=env, total_steps=steps,
-            bf16_update=bf16_update, ds_config=ds_config,
+            bf16_update=bf16_update, ds_config=ds_config, load_policy=load_policy,
         )  # fmt: skip
     if cfg.task.name in RL_LOOPS:
         reference = reference_context(

@@ -96,17 +96,18 @@ def _validate_ppo(cfg: DictConfig) -> None:
 def _validate_separate_value(cfg: DictConfig) -> None:
     """method=full|freeze: the value model is a model of its own, trained beside the policy."""
     t, method = cfg.task, cfg.method.name
-    ds = cfg.distributed.deepspeed
-    if ds and int((ds.get("zero_optimization") or {}).get("stage", 0)) >= 3:
-        # ZeRO-1/2 give the value model a DeepSpeed engine of its own (value_model.py).
-        raise ConfigError(
-            f"method={method} with task=ppo under distributed={cfg.distributed.name}: ZeRO-3 "
-            "partitions the policy as it loads, so no rank holds its decoder whole to copy as the "
-            "value model, and loading it again as a second trained sharded engine is not built; "
-            "use distributed=zero2 (or zero1, ddp), or method=lora (the value model is an adapter)"
-        )
     if t.value_init == "reward" and not cfg.reward.model:
         raise ConfigError(
             "task.value_init=reward needs reward.model=<a reward run or sequence-classification "
             "model directory> to start the value model from; use task.value_init=policy"
+        )
+    ds = cfg.distributed.deepspeed
+    zero3 = bool(ds) and int((ds.get("zero_optimization") or {}).get("stage", 0)) >= 3
+    if t.value_init == "reward" and zero3:
+        # Under ZeRO-3 the value model is the policy loaded again, partitioned as it loads.
+        raise ConfigError(
+            f"task.value_init=reward with method={method} under "
+            f"distributed={cfg.distributed.name}: the reward model loads whole on every "
+            "rank, and starting a ZeRO-3 value model from it is not built; use "
+            "task.value_init=policy, or distributed=zero2"
         )

@@ -11,18 +11,21 @@ The value model trains what the method trains in the policy (method=freeze: the 
 head always trains), is wrapped for DDP like the policy, and its weights, optimizer and schedule
 ride in every checkpoint (value.safetensors, value_optimizer.pt, value_scheduler.pt).
 
-Under DeepSpeed ZeRO-1/2 it is a DeepSpeed engine of its own (the run's config: same stage,
+Under DeepSpeed it is a DeepSpeed engine of its own (the run's config: same stage,
 precision, clipping), as DeepSpeed-Chat's and OpenRLHF's critics are: each engine runs the
 backward of its own part of the loss (they share no parameter), so the value loss goes through
 the value engine's backward and the policy loss through the policy's, the same gradients the one
 DDP backward gives. Its ZeRO shards are saved by DeepSpeed in the checkpoint's value/ folder, its
-schedule in value_scheduler.pt. (ZeRO-3 is refused at start-up: config/rl.py says why.)
+schedule in value_scheduler.pt. Under ZeRO-3 no rank holds the policy whole to copy: the value
+model is the initial policy loaded again (partitioned as it loads), as the RL reference is.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,11 +33,16 @@ import torch
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from bigft.distributed.engine import DeepSpeedEngine, Engine, build_engine
+from bigft.distributed.deepspeed_config import zero_stage
+from bigft.distributed.engine import DeepSpeedEngine, Engine, build_engine, weights_held_here
 from bigft.distributed.env import DistEnv
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.errors import ConfigError
-from bigft.methods.params import load_trainable_state_dict, trainable_state_dict
+from bigft.methods.params import (
+    count_parameters,
+    load_trainable_state_dict,
+    trainable_state_dict,
+)
 from bigft.rl.reward_model import load_reward_model
 from bigft.rl.rollout import Rollout, rollout_inputs
 from bigft.rl.value import (
@@ -43,6 +51,8 @@ from bigft.rl.value import (
     head_values,
     zero_value_head,
 )
+
+log = logging.getLogger(__name__)
 
 VALUE_FILE = "value.safetensors"
 VALUE_OPTIMIZER_FILE = "value_optimizer.pt"
@@ -207,6 +217,20 @@ def value_from_policy(policy: torch.nn.Module) -> ValueModel:
     return ValueModel(decoder, head)
 
 
+def value_from_loaded(load_policy: Callable[[], torch.nn.Module]) -> ValueModel:
+    """Under ZeRO-3: the initial policy loaded again (partitioned as it loads, 1/N per rank, as
+    no rank holds the policy whole to copy), its decoder and a zero head (DeepSpeed partitions
+    the head when its engine is built)."""
+    # The random stream the run's training draws from is left where the policy's load left it.
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        policy = load_policy()
+    decoder = decoder_of(policy)
+    device = next(decoder.parameters()).device
+    head = zero_value_head(policy.config.get_text_config().hidden_size, device)
+    return ValueModel(decoder, head)
+
+
 def value_from_reward(
     source: str, policy: torch.nn.Module, tokenizer: Any, device: torch.device
 ) -> ValueModel:
@@ -249,23 +273,37 @@ def build_values(
     total_steps: int,
     bf16_update: str,
     ds_config: dict[str, Any] | None = None,
+    load_policy: Callable[[], torch.nn.Module] | None = None,
 ) -> Values:
     """The value model task=ppo trains with this method (see the module's docstring).
 
     Called before the policy's optimizer and engine are built: under lora/qlora the value adapter
     and head are added to `policy` itself, so that they train, checkpoint and shard with it.
-    With `ds_config` (ZeRO-1/2) the separate value model gets a DeepSpeed engine of its own.
+    With `ds_config` the separate value model gets a DeepSpeed engine of its own; under ZeRO-3
+    `load_policy` loads the initial policy (its method applied) again, as the policy was.
     """
     if cfg.method.name in ("lora", "qlora"):
         attach_value_adapter(policy)
         return AdapterValues(policy)
     if str(cfg.task.value_init) == "reward":
         model = value_from_reward(str(cfg.reward.model), policy, tokenizer, env.device)
+    elif zero_stage(ds_config) >= 3:
+        if load_policy is None:
+            raise ValueError("a ZeRO-3 value model needs load_policy, the policy's loader")
+        model = value_from_loaded(load_policy)
     else:
         model = value_from_policy(policy)
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
+    if zero_stage(ds_config) >= 3:
+        _, total = count_parameters(engine.module)
+        log.info(
+            "value model: the initial policy's decoder loaded again, sharded by ZeRO-3: %d of "
+            "its %d weights on this rank",
+            weights_held_here(engine.module),
+            total,
+        )
     # As the policy's: DeepSpeed steps bigft's optimizer with the lr this schedule sets.
     return SeparateValues(engine, build_scheduler(optimizer, cfg.optim, total_steps))

@@ -4,6 +4,8 @@ so its gradients are the whole batch's on every rank."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bigft.config import compose_config
@@ -37,13 +39,16 @@ def ppo_overrides(tmp_path, tiny_llama_dir) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero2"])
+@pytest.mark.parametrize("mode", ["ddp", "zero2", "zero3"])
 def test_full_ppo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, mode):
     base = ppo_overrides(tmp_path, tiny_llama_dir)
     result = run_ranks(
         [*base, f"distributed={mode}", "trainer.micro_batch_size=2", "name=two"], timeout=900
     )
     ok(result)
+    if mode == "zero3":  # the value model is a second partitioned model: rank 0 holds half
+        held = re.search(r"value model: .* (\d+) of its (\d+) weights on this rank", result.stdout)
+        assert held and 2 * int(held[1]) == pytest.approx(int(held[2]), rel=0.01), held
     train(compose_config([*base, "trainer.micro_batch_size=4", "name=one"]))
     out = tmp_path / "outputs"
     two, one = (list(step_metrics(out / n, KEYS).values()) for n in ("two", "one"))
@@ -56,15 +61,16 @@ def test_full_ppo_on_two_ranks_equals_one_process(tmp_path, tiny_llama_dir, mode
         assert got[4] == pytest.approx(want[4], abs=2e-3)
 
 
-def test_killed_zero2_ppo_run_resumes_its_value_engine_to_the_uninterrupted_run(
-    tmp_path, tiny_llama_dir
+@pytest.mark.parametrize("mode", ["zero2", "zero3"])
+def test_killed_zero_ppo_run_resumes_its_value_engine_to_the_uninterrupted_run(
+    tmp_path, tiny_llama_dir, mode
 ):
-    """2 ranks under zero2 checkpoint at step 2 and die after step 3; resumed, steps 3 and 4
+    """2 ranks under ZeRO checkpoint at step 2 and die after step 3; resumed, steps 3 and 4
     equal the uninterrupted run's. At lr 1e-2 a value model restarted from its initial weights
     or a fresh optimizer would change the value losses far beyond float noise."""
     base = [
         *ppo_overrides(tmp_path, tiny_llama_dir),
-        "distributed=zero2",
+        f"distributed={mode}",
         "trainer.micro_batch_size=2",
         "trainer.max_steps=4",
         "trainer.save_every=2",

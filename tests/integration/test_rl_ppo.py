@@ -56,10 +56,17 @@ def test_ppo_resume_reproduces_the_uninterrupted_run(make_cfg):
     ("overrides", "message"),
     [
         (("method=prefix",), "method=prefix with task=ppo"),
-        # ZeRO-1/2 give the value model an engine of its own; under ZeRO-3 the reference is
-        # built (a second sharded copy), the value model is not.
-        (("method=full", "distributed=zero3"), "method=full with task=ppo under distributed=zero3"),
-        (("method=freeze", "distributed=zero3_offload"), "ZeRO-3 partitions the policy"),
+        # Under ZeRO-3 the value model is the policy loaded again, partitioned; not the reward
+        # model (ZeRO-1/2 give either start a DeepSpeed engine of its own).
+        (
+            (
+                "method=full",
+                "distributed=zero3",
+                "task.value_init=reward",
+                "reward.model=/no/reward",
+            ),
+            "task.value_init=reward with method=full under distributed=zero3",
+        ),
         (("method=full", "task.value_init=reward"), "task.value_init=reward needs reward.model"),
         (("task.value_init=reward",), "task.value_init=reward with method=lora"),
         (("task.kl_in=loss",), "task.kl_in"),

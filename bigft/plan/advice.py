@@ -62,8 +62,6 @@ def _checkpointing(s: Setup) -> Change | None:
 def _zero(s: Setup) -> Change | None:
     if s.world_size == 1 or s.zero_stage == 3 or (s.method == "qlora" and s.zero_stage > 0):
         return None
-    if s.value_model:  # full/freeze ppo's separate value model is refused under ZeRO-3
-        return None
     overrides = ["distributed=zero3"]
     if s.method == "qlora":  # ZeRO-3 shards the 4-bit base only in the compute dtype
         overrides += [f"method.quant_storage={s.compute_dtype}", f"model.dtype={s.compute_dtype}"]
@@ -124,7 +122,7 @@ def _four_bit(s: Setup) -> Change | None:
 
 
 def _offload(s: Setup) -> Change | None:
-    if s.offload_optimizer or s.method == "qlora" or s.value_model:
+    if s.offload_optimizer or s.method == "qlora":
         return None
     overrides = ["distributed=zero3_offload"]
     changes = _deepspeed_precision(s, overrides)

@@ -88,3 +88,8 @@ def test_killed_zero_ppo_run_resumes_its_value_engine_to_the_uninterrupted_run(
     assert sorted(resumed) == [1, 2, 3, 4]
     for step, want in whole.items():
         assert resumed[step] == pytest.approx(want, rel=1e-5, abs=1e-7), step
+    if mode == "zero2":  # its shards load only at the world size that wrote them: said so
+        # (last: a failed start still rewrites the run's config.yaml)
+        moved = run_ranks([*base, "name=broken", "trainer.micro_batch_size=4"], nproc=1)
+        assert moved.returncode != 0
+        assert "on another number of ranks than wrote the checkpoint" in moved.stderr

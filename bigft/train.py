@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,17 @@ def sharded_loading(ds_config: dict[str, Any] | None) -> Iterator[None]:
         yield
     finally:
         unset_hf_deepspeed_config()
+
+
+def _same_rng(load: Callable[[], torch.nn.Module]) -> Callable[[], torch.nn.Module]:
+    """`load`, run without moving the random stream (CPU and the current GPU's)."""
+
+    def load_again() -> torch.nn.Module:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            return load()
+
+    return load_again
 
 
 def load_initial_model(
@@ -221,6 +232,9 @@ def _train(
         return apply_method(load_initial(), cfg.method, task.model_head)
 
     model = load_policy()
+    # Under ZeRO-3 RL loads the starting model again (the reference, ppo's value model): those
+    # loads leave the random stream training draws from where the policy's load left it.
+    initial_again, policy_again = _same_rng(load_initial), _same_rng(load_policy)
     bf16_update = apply_precision(
         model, cfg, precision, deepspeed=ds_config is not None, announce=env.is_main
     )
@@ -245,7 +259,7 @@ def _train(
     if cfg.task.name == "ppo":
         values = build_values(
             cfg, policy=model, tokenizer=tokenizer, env=env, total_steps=steps,
-            bf16_update=bf16_update, ds_config=ds_config, load_policy=load_policy,
+            bf16_update=bf16_update, ds_config=ds_config, load_policy=policy_again,
         )  # fmt: skip
     if cfg.task.name in RL_LOOPS:
         reference = reference_context(
@@ -253,7 +267,7 @@ def _train(
             model,
             float(cfg.task.kl_coef),
             ds_config=ds_config,
-            load_initial=load_initial,
+            load_initial=initial_again,
         )
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
     engine = build_engine(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from bigft.distributed.env import DistEnv
-from bigft.methods.params import trainable_state_dict
+from bigft.methods.params import count_parameters, trainable_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -206,3 +206,9 @@ def inference_config(ds_config: dict[str, Any]) -> dict[str, Any]:
 def weights_held_here(model: torch.nn.Module) -> int:
     """How many of `model`'s weights this rank holds: its partitions under ZeRO-3."""
     return sum(getattr(p, "ds_tensor", p).numel() for p in model.parameters())
+
+
+def shard_held_here(model: torch.nn.Module) -> str:
+    """ "<held> of its <total> weights on this rank", for a ZeRO-3 model's start-up log line."""
+    _, total = count_parameters(model)
+    return f"{weights_held_here(model)} of its {total} weights on this rank"

@@ -20,8 +20,7 @@ import torch
 from omegaconf import DictConfig
 
 from bigft.distributed.deepspeed_config import zero_stage
-from bigft.distributed.engine import frozen_sharded, weights_held_here
-from bigft.methods.params import count_parameters
+from bigft.distributed.engine import frozen_sharded, shard_held_here
 from bigft.rl.reward_model import RewardModelScorer
 from bigft.rl.rewards import FunctionReward, RewardSum
 from bigft.tasks.dpo import peft_model_of
@@ -90,15 +89,11 @@ def _sharded_copy(
     state). Collective: every rank loads it, and runs the same reference forwards."""
     if load_initial is None:
         raise ValueError("a sharded reference needs load_initial, the policy's loader")
-    # The random stream the run's training draws from is left where the policy's load left it.
-    with torch.random.fork_rng(devices=_cuda_devices()):
-        engine = frozen_sharded(load_initial(), ds_config)
-    _, total = count_parameters(engine.module)
+    engine = frozen_sharded(load_initial(), ds_config)
     log.info(
-        "reference: a second copy of the initial model, frozen, sharded by ZeRO-3: %d of its "
-        "%d weights on this rank, no optimizer state",
-        weights_held_here(engine.module),
-        total,
+        "reference: a second copy of the initial model, frozen, sharded by ZeRO-3: %s, "
+        "no optimizer state",
+        shard_held_here(engine.module),
     )
 
     @contextlib.contextmanager
@@ -108,10 +103,6 @@ def _sharded_copy(
         yield engine.module
 
     return sharded_initial
-
-
-def _cuda_devices() -> list[int]:
-    return [torch.cuda.current_device()] if torch.cuda.is_available() else []
 
 
 def _adapters_disabled(model: Any) -> ReferenceContext:

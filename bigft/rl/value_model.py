@@ -34,15 +34,11 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from bigft.distributed.deepspeed_config import zero_stage
-from bigft.distributed.engine import DeepSpeedEngine, Engine, build_engine, weights_held_here
+from bigft.distributed.engine import DeepSpeedEngine, Engine, build_engine, shard_held_here
 from bigft.distributed.env import DistEnv
 from bigft.engine.optim import build_optimizer, build_scheduler
 from bigft.errors import ConfigError
-from bigft.methods.params import (
-    count_parameters,
-    load_trainable_state_dict,
-    trainable_state_dict,
-)
+from bigft.methods.params import load_trainable_state_dict, trainable_state_dict
 from bigft.rl.reward_model import load_reward_model
 from bigft.rl.rollout import Rollout, rollout_inputs
 from bigft.rl.value import (
@@ -208,25 +204,13 @@ def decoder_of(model: torch.nn.Module) -> torch.nn.Module:
     return model.base_model
 
 
-def value_from_policy(policy: torch.nn.Module) -> ValueModel:
-    """A copy of the initial policy's decoder (its requires_grad flags too) and a zero head."""
-    decoder = copy.deepcopy(decoder_of(policy))
+def value_from_policy(policy: torch.nn.Module, *, copy_decoder: bool = True) -> ValueModel:
+    """The initial policy's decoder (its requires_grad flags too) and a zero head: a copy of it,
+    or (copy_decoder=False, a policy loaded again for this) the decoder itself."""
+    decoder = decoder_of(policy)
+    decoder = copy.deepcopy(decoder) if copy_decoder else decoder
     device = next(decoder.parameters()).device
     # V ≡ 0 at the start: the first advantages are Monte-Carlo returns, not a random head's noise.
-    head = zero_value_head(policy.config.get_text_config().hidden_size, device)
-    return ValueModel(decoder, head)
-
-
-def value_from_loaded(load_policy: Callable[[], torch.nn.Module]) -> ValueModel:
-    """Under ZeRO-3: the initial policy loaded again (partitioned as it loads, 1/N per rank, as
-    no rank holds the policy whole to copy), its decoder and a zero head (DeepSpeed partitions
-    the head when its engine is built)."""
-    # The random stream the run's training draws from is left where the policy's load left it.
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        policy = load_policy()
-    decoder = decoder_of(policy)
-    device = next(decoder.parameters()).device
     head = zero_value_head(policy.config.get_text_config().hidden_size, device)
     return ValueModel(decoder, head)
 
@@ -290,7 +274,9 @@ def build_values(
     elif zero_stage(ds_config) >= 3:
         if load_policy is None:
             raise ValueError("a ZeRO-3 value model needs load_policy, the policy's loader")
-        model = value_from_loaded(load_policy)
+        # No rank holds the policy whole to copy: the initial policy loaded again, partitioned
+        # as it loads (DeepSpeed partitions the head when its engine is built).
+        model = value_from_policy(load_policy(), copy_decoder=False)
     else:
         model = value_from_policy(policy)
     optimizer = build_optimizer(model, cfg.optim, bf16_update=bf16_update)
@@ -298,12 +284,9 @@ def build_values(
         model, optimizer, env, ds_config=ds_config, max_grad_norm=cfg.optim.max_grad_norm
     )
     if zero_stage(ds_config) >= 3:
-        _, total = count_parameters(engine.module)
         log.info(
-            "value model: the initial policy's decoder loaded again, sharded by ZeRO-3: %d of "
-            "its %d weights on this rank",
-            weights_held_here(engine.module),
-            total,
+            "value model: the initial policy's decoder loaded again, sharded by ZeRO-3: %s",
+            shard_held_here(engine.module),
         )
     # As the policy's: DeepSpeed steps bigft's optimizer with the lr this schedule sets.
     return SeparateValues(engine, build_scheduler(optimizer, cfg.optim, total_steps))

@@ -40,27 +40,30 @@ from bigft.demo.truth import score
 from bigft.errors import exit_on_user_error
 from bigft.generate import model_source, prompt_ids, run_task
 from bigft.outputs import load_output
+from bigft.redteam.target import generate as sample_answers
 
 SAMPLES = 8
 MAX_NEW_TOKENS = 8  # experiment=demo_grpo's task.max_new_tokens
 
 
-def distinct_grades(prompt: str, answers: list[str], rng: random.Random) -> list[str]:
-    """One answer per grade the rule gives (a random one of those with that grade)."""
+def distinct_grades(prompt: str, answers: list[str], rng: random.Random) -> dict[str, float]:
+    """One answer per grade the rule gives (a random one of those with that grade): {answer:
+    grade}, in a random order."""
     by_grade: dict[float, list[str]] = {}
     for answer in dict.fromkeys(answers):
         by_grade.setdefault(score(prompt, answer), []).append(answer)
-    kept = [rng.choice(same) for same in by_grade.values()]
+    kept = [(rng.choice(same), grade) for grade, same in by_grade.items()]
     rng.shuffle(kept)  # not best first: the rankings say the order
-    return kept
+    return dict(kept)
 
 
 def ranked(prompt: str, answers: list[str], rng: random.Random, reviewers: int) -> dict | None:
     """The reward task's record: reviewers' rankings, or (reviewers=0) answers best first."""
-    responses = distinct_grades(prompt, answers, rng)
-    if len(responses) < 2:
+    graded = distinct_grades(prompt, answers, rng)
+    if len(graded) < 2:
         return None
-    truth = sorted(range(len(responses)), key=lambda i: -score(prompt, responses[i]))
+    responses = list(graded)
+    truth = sorted(range(len(responses)), key=lambda i: -graded[responses[i]])
     if reviewers == 0:
         return {"prompt": prompt, "responses": [responses[i] for i in truth]}
     rankings = [review(rng, truth, NOISE) for _ in range(reviewers)]
@@ -68,7 +71,7 @@ def ranked(prompt: str, answers: list[str], rng: random.Random, reviewers: int) 
 
 
 class Policy:
-    """A finished sft run's model, answering demo questions in the format it was tuned on."""
+    """A finished run's model (sft, dpo, grpo, ppo), answering demo questions in its format."""
 
     def __init__(self, run_dir: Path) -> None:
         source = model_source(run_dir, merged=False)
@@ -76,27 +79,16 @@ class Policy:
         self.model, self.tokenizer = load_output(source)
         self.model.eval()
 
-    @torch.no_grad()
     def sample(self, question: str, count: int) -> list[str]:
-        tok = self.tokenizer
-        ids = prompt_ids({"instruction": question}, tok, self.task, chat=False)
-        prompt = torch.tensor([ids])
-        out = self.model.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            do_sample=True,
-            temperature=1.0,
-            top_p=1.0,
+        ids = prompt_ids({"instruction": question}, self.tokenizer, self.task, chat=False)
+        [answers] = sample_answers(
+            self.model,
+            self.tokenizer,
+            [ids],
+            samples=count,
             max_new_tokens=MAX_NEW_TOKENS,
-            num_return_sequences=count,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+            temperature=1.0,
         )
-        answers = []
-        for new in out[:, prompt.shape[1] :].tolist():
-            if tok.eos_token_id in new:
-                new = new[: new.index(tok.eos_token_id)]
-            answers.append(tok.decode(new, skip_special_tokens=True))
         return answers
 
 

@@ -101,9 +101,7 @@ def _validate_separate_value(cfg: DictConfig) -> None:
             "task.value_init=reward needs reward.model=<a reward run or sequence-classification "
             "model directory> to start the value model from; use task.value_init=policy"
         )
-    ds = cfg.distributed.deepspeed
-    zero3 = bool(ds) and int((ds.get("zero_optimization") or {}).get("stage", 0)) >= 3
-    if t.value_init == "reward" and zero3:
+    if t.value_init == "reward" and str(cfg.distributed.name).startswith("zero3"):
         # Under ZeRO-3 the value model is the policy loaded again, partitioned as it loads.
         raise ConfigError(
             f"task.value_init=reward with method={method} under "
